@@ -1,0 +1,317 @@
+"""QuantizedLinear and quantize_model.
+
+A QuantizedLinear holds its weights in the scheme's canonical layout, under compressed-tensors names, so its
+state_dict() keys are a checkpoint's keys. It states its scheme; which kernel runs it is decided by the
+registry: in eager mode per input device (cached), under torch.compile by the quantops backend at graph-compile
+time (the forward then emits the generic `quantops::quantized_linear` op for the lowering to rewrite).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import formats
+from .kernels.registry import select_kernel
+from .schemes import QuantScheme, get_scheme
+
+
+class QuantizedLinear(nn.Module):
+    """y = x W^T + b with W stored quantized. `dtype` is the activation/output dtype (the float model's)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        scheme: "str | QuantScheme",
+        bias: bool = False,
+        dtype: torch.dtype = torch.bfloat16,
+        device=None,
+        name: str | None = None,
+    ):
+        super().__init__()
+        self.scheme = get_scheme(scheme)
+        why = formats.representable(self.scheme, out_features, in_features)
+        if why:
+            raise ValueError(f"{name or 'QuantizedLinear'}: {why}")
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype = dtype
+        self.layer_name = name or f"QuantizedLinear({in_features}->{out_features})"
+        self.linear_backend: str | None = None
+        self.disabled_kernels: tuple[str, ...] = ()
+        for tname, (shape, tdtype) in formats.tensor_specs(self.scheme, out_features, in_features).items():
+            tdtype = dtype if tdtype == "float" else tdtype
+            self.register_parameter(tname, nn.Parameter(torch.zeros(shape, dtype=tdtype, device=device), requires_grad=False))
+        if "weight_shape" in self._parameters:
+            self.weight_shape.data.copy_(torch.tensor([out_features, in_features]))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+        self._validated = False
+        self._cache: dict = {}
+        self.register_load_state_dict_post_hook(_after_load)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], scheme, *, bias=None, dtype=None, name=None):
+        scheme = get_scheme(scheme)
+        n, k = formats.infer_shape(tensors, scheme)
+        if dtype is None:
+            dtype = bias.dtype if bias is not None else next(
+                (t.dtype for nm, t in tensors.items() if nm == "weight_scale" and t.dtype.is_floating_point
+                 and t.dtype != torch.float8_e4m3fn), torch.bfloat16)
+        mod = cls(k, n, scheme, bias=bias is not None, dtype=dtype, device="meta", name=name)
+        formats.validate_tensors(tensors, scheme, n, k, where=mod.layer_name)
+        for tname, t in tensors.items():
+            mod._parameters[tname] = nn.Parameter(t, requires_grad=False)
+        if bias is not None:
+            mod.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
+        mod._validated = True
+        return mod
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, scheme, *, input_amax=None, g_idx=None, name=None, device=None):
+        scheme = get_scheme(scheme)
+        w = linear.weight.detach()
+        if device is not None:
+            w = w.to(device)
+        tensors = formats.quantize_weight(w, scheme, input_amax=input_amax, g_idx=g_idx)
+        bias = None if linear.bias is None else linear.bias.detach().to(w.device)
+        return cls.from_tensors(tensors, scheme, bias=bias, dtype=w.dtype, name=name)
+
+    # -- views ----------------------------------------------------------------------------------
+    def quant_tensors(self) -> dict[str, torch.Tensor]:
+        """The canonical tensors, by compressed-tensors name, in checkpoint order."""
+        return {name: self._parameters[name] for name in formats.tensor_specs(self.scheme, self.out_features, self.in_features)}
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The float weight [N, K] these tensors represent (computed in fp32, returned in `dtype`)."""
+        return formats.dequantize_weight(
+            {k: v.detach() for k, v in self.quant_tensors().items()}, self.scheme, dtype or self.dtype,
+            shape=(self.out_features, self.in_features))
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.quant_tensors().values())).device
+
+    def validate(self):
+        """Check every tensor's name, shape, dtype and values (NaN/Inf scales); raises naming this layer."""
+        formats.validate_tensors(self.quant_tensors(), self.scheme, self.out_features, self.in_features, where=self.layer_name)
+        if self.bias is not None and self.bias.shape != (self.out_features,):
+            raise ValueError(f"{self.layer_name}: bias has shape {tuple(self.bias.shape)}, expected ({self.out_features},)")
+        self._validated = True
+
+    def selection(self, device=None, m: int | None = None):
+        """The registry's choice for this layer on `device` (default: where its weights are)."""
+        return select_kernel(
+            self.scheme, N=self.out_features, K=self.in_features, dtype=self.dtype,
+            device=device if device is not None else self.device, m=m, has_bias=self.bias is not None,
+            linear_backend=self.linear_backend, disabled_kernels=self.disabled_kernels)
+
+    # -- forward --------------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self.layer_name}: expected a tensor, got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self.layer_name}: input last dimension must be {self.in_features}, got shape {tuple(x.shape)}")
+        if x.dtype != self.dtype:
+            raise ValueError(f"{self.layer_name}: input dtype must be {self.dtype} (the layer's dtype), got {x.dtype}")
+        if x.device != self.device:
+            raise ValueError(f"{self.layer_name}: input is on {x.device}, weights are on {self.device}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        if torch.compiler.is_compiling():
+            tensors = list(self.quant_tensors().values())
+            return torch.ops.quantops.quantized_linear(
+                x, tensors, self.bias, self.scheme.key(), self.out_features, self.in_features)
+        if not self._validated:
+            self.validate()
+        kernel, prepared = self._kernel_for(x)
+        return kernel.apply(x, prepared, self.bias)
+
+    def _kernel_for(self, x):
+        tensors = self.quant_tensors()
+        stamp = tuple((t.data_ptr(), t._version) for t in tensors.values())
+        key = (x.device, self.linear_backend, self.disabled_kernels)
+        entry = self._cache.get(key)
+        if entry is None or entry[0] != stamp:
+            entry = (stamp, self.selection(x.device), {})
+            self._cache[key] = entry
+        _, sel, prepared_by_kernel = entry
+        cls = sel.for_m(x.numel() // self.in_features)
+        if cls not in prepared_by_kernel:
+            kernel = cls(sel.config)
+            with torch.no_grad():
+                prepared_by_kernel[cls] = (kernel, kernel.prepare({k: v.detach() for k, v in tensors.items()}))
+        return prepared_by_kernel[cls]
+
+    def kernel_name(self) -> str:
+        try:
+            return self.selection().plan_str()
+        except Exception as e:  # repr must not raise
+            return f"none ({e})"
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"scheme={self.scheme.key()}, dtype={str(self.dtype).replace('torch.', '')}, kernel={self.kernel_name()}")
+
+    # Moving the module moves its tensors; a dtype change changes the activation dtype (and the bias) but
+    # never the quantized tensors, which must keep their checkpoint dtypes.
+    def _apply(self, fn, recurse=True):
+        probe = fn(torch.zeros(1, dtype=self.dtype, device=self.device))
+        for name, p in self._parameters.items():
+            if p is None:
+                continue
+            p.data = fn(p.data) if name == "bias" else p.data.to(probe.device)
+        self.dtype = probe.dtype
+        self._cache.clear()
+        return self
+
+
+def _after_load(module: QuantizedLinear, incompatible_keys):
+    module._cache.clear()
+    module.validate()
+
+
+# -- the generic op that torch.compile sees ---------------------------------------------------------
+
+
+@torch.library.custom_op("quantops::quantized_linear", mutates_args=())
+def quantized_linear(
+    x: torch.Tensor, tensors: list[torch.Tensor], bias: torch.Tensor | None, scheme: str, n: int, k: int
+) -> torch.Tensor:
+    """Scheme-level linear: the quantops backend rewrites it into the chosen kernel. Run as is (another
+    backend, or no lowering), it selects and prepares on every call, which is correct but slow."""
+    s = QuantScheme.from_key(scheme)
+    sel = select_kernel(s, N=n, K=k, dtype=x.dtype, device=x.device, m=x.numel() // k if k else 0, has_bias=bias is not None)
+    kernel = sel.kernel(sel.config)
+    names = list(formats.tensor_specs(s, n, k))
+    return kernel.apply(x, kernel.prepare(dict(zip(names, tensors))), bias)
+
+
+@quantized_linear.register_fake
+def _(x, tensors, bias, scheme, n, k):
+    return x.new_empty(x.shape[:-1] + (n,))
+
+
+# -- quantize_model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class QuantizationReport:
+    scheme: QuantScheme
+    quantized: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # module path -> reason it stays float
+
+    def __str__(self):
+        lines = [f"quantops: {len(self.quantized)} linear layers quantized to {self.scheme.key()}, {len(self.skipped)} left in float"]
+        lines += [f"  {path}: {why}" for path, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _matches(path: str, patterns) -> bool:
+    for p in patterns:
+        if p.startswith("re:"):
+            if re.fullmatch(p[3:], path):
+                return True
+        elif path == p or fnmatch.fnmatchcase(path, p) or path.endswith("." + p):
+            return True
+    return False
+
+
+def calibrate(model: nn.Module, batches, names=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Run `batches` (tensors, tuples of args or dicts of kwargs) through the model and record the (min, max)
+    of every nn.Linear's input."""
+    stats: dict[str, list[torch.Tensor]] = {}
+    hooks = []
+    for path, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and (names is None or path in names):
+            def hook(m, args, path=path):
+                x = args[0].detach().float()
+                lo, hi = x.amin(), x.amax()
+                old = stats.get(path)
+                stats[path] = [lo, hi] if old is None else [torch.minimum(old[0], lo), torch.maximum(old[1], hi)]
+            hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for b in batches:
+                model(**b) if isinstance(b, dict) else model(*b) if isinstance(b, (tuple, list)) else model(b)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: (v[0], v[1]) for k, v in stats.items()}
+
+
+def quantize_model(
+    model: nn.Module,
+    scheme: "str | QuantScheme",
+    *,
+    exclude=(),
+    device=None,
+    calibration=None,
+    linear_backend: str | None = None,
+    disabled_kernels=(),
+) -> nn.Module:
+    """Replace every nn.Linear by a QuantizedLinear in place and return the model.
+
+    exclude: module paths, globs ("*.lm_head") or "re:" regexes to leave in float. Layers the scheme cannot
+    represent (K not a multiple of the group) stay float too; the reasons are in `quantization_report(model)`.
+    calibration: batches for schemes with static activation scales (FP8, NVFP4): their inputs' amax sets
+    input_scale / input_global_scale. linear_backend / disabled_kernels: eager-mode kernel overrides.
+    """
+    scheme = get_scheme(scheme)
+    if isinstance(model, nn.Linear) and not isinstance(model, QuantizedLinear) and not calibration:
+        return QuantizedLinear.from_float(model, scheme, device=device)  # a bare layer cannot change in place
+    report = QuantizationReport(scheme)
+    targets = []
+    for path, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and not isinstance(mod, QuantizedLinear):
+            if _matches(path, exclude):
+                report.skipped[path] = "excluded"
+                continue
+            why = formats.representable(scheme, mod.out_features, mod.in_features)
+            if why:
+                report.skipped[path] = why
+                continue
+            if not mod.weight.is_floating_point() or mod.weight.dtype == torch.float8_e4m3fn:
+                report.skipped[path] = f"weight dtype {mod.weight.dtype} is not a float model dtype"
+                continue
+            targets.append((path, mod))
+    needs_amax = (not scheme.act_dynamic) or scheme.act == "nvfp4"
+    amax = {}
+    if needs_amax and targets:
+        if calibration is None:
+            raise ValueError(f"{scheme.name} has static activation scales: pass calibration=[example inputs]")
+        amax = calibrate(model, calibration, {p for p, _ in targets})
+    for path, mod in targets:
+        lohi = amax.get(path)
+        input_amax = None
+        if lohi is not None:
+            input_amax = lohi if (scheme.act == "int8" and not scheme.act_symmetric) else torch.maximum(-lohi[0], lohi[1])
+        elif needs_amax:
+            report.skipped[path] = "not reached by the calibration data"
+            continue
+        q = QuantizedLinear.from_float(mod, scheme, input_amax=input_amax, name=path, device=device)
+        q.linear_backend, q.disabled_kernels = linear_backend, tuple(disabled_kernels or ())
+        _set_submodule(model, path, q)
+        report.quantized.append(path)
+    model._quantops_report = report
+    if report.skipped:
+        warnings.warn(str(report), stacklevel=2)
+    return model
+
+
+def quantization_report(model: nn.Module) -> QuantizationReport | None:
+    return getattr(model, "_quantops_report", None)
+
+
+def _set_submodule(root: nn.Module, path: str, new: nn.Module):
+    if path == "":
+        raise ValueError("quantize_model needs a model that contains nn.Linear layers, not a bare nn.Linear")
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, new)
