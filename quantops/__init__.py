@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from .checkpoint import load_pretrained, save_pretrained
 from .formats import dequantize_weight, quantize_weight
 from .kernels.base import LinearConfig, LinearKernel
 from .kernels.registry import Selection, register_kernel, select_kernel, unregister_kernel
@@ -34,6 +35,8 @@ __all__ = [
     "calibrate",
     "backend",
     "explain",
+    "load_pretrained",
+    "save_pretrained",
 ]
 
 

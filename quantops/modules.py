@@ -159,6 +159,28 @@ class QuantizedLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"scheme={self.scheme.key()}, dtype={str(self.dtype).replace('torch.', '')}, kernel={self.kernel_name()}")
 
+    # load_state_dict: check the incoming tensors as a set before anything is copied (PyTorch would raise a
+    # RuntimeError without the layer's expectation for a wrong shape, and silently cast a wrong dtype), and keep
+    # a checkpoint's float scale dtype (copying fp32 scales into bf16 parameters would round them).
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        specs = formats.tensor_specs(self.scheme, self.out_features, self.in_features)
+        incoming = {name: state_dict[prefix + name] for name in specs if prefix + name in state_dict}
+        where = f"{self.layer_name} (loading {prefix or 'state_dict'})"
+        if len(incoming) == len(specs):
+            formats.validate_tensors(incoming, self.scheme, self.out_features, self.in_features, where=where)
+        else:  # a partial load (strict=False): check what is there, one tensor at a time
+            for name, t in incoming.items():
+                shape, dtype = specs[name]
+                ok = t.dtype in (torch.bfloat16, torch.float16, torch.float32) if dtype == "float" else t.dtype == dtype
+                if tuple(t.shape) != tuple(shape) or not ok:
+                    raise ValueError(f"{where}: {name} is {tuple(t.shape)} {t.dtype}, expected {tuple(shape)} "
+                                     f"{'bf16/fp16/fp32' if dtype == 'float' else dtype}")
+        for name, t in incoming.items():
+            p = self._parameters[name]
+            if specs[name][1] == "float" and p.dtype != t.dtype:
+                p.data = torch.empty_like(t, device=p.device)  # adopt the checkpoint's dtype; copied below
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
     # Moving the module moves its tensors; a dtype change changes the activation dtype (and the bias) but
     # never the quantized tensors, which must keep their checkpoint dtypes.
     def _apply(self, fn, recurse=True):
@@ -264,8 +286,14 @@ def quantize_model(
     input_scale / input_global_scale. linear_backend / disabled_kernels: eager-mode kernel overrides.
     """
     scheme = get_scheme(scheme)
-    if isinstance(model, nn.Linear) and not isinstance(model, QuantizedLinear) and not calibration:
-        return QuantizedLinear.from_float(model, scheme, device=device)  # a bare layer cannot change in place
+    if isinstance(model, nn.Linear) and not isinstance(model, QuantizedLinear):  # a bare layer cannot change in place
+        input_amax = None
+        if (not scheme.act_dynamic) or scheme.act == "nvfp4":
+            if calibration is None:
+                raise ValueError(f"{scheme.name} has static activation scales: pass calibration=[example inputs]")
+            lo, hi = calibrate(model, calibration)[""]
+            input_amax = (lo, hi) if (scheme.act == "int8" and not scheme.act_symmetric) else torch.maximum(-lo, hi)
+        return QuantizedLinear.from_float(model, scheme, input_amax=input_amax, device=device)
     report = QuantizationReport(scheme)
     targets = []
     for path, mod in model.named_modules():
@@ -302,6 +330,44 @@ def quantize_model(
     model._quantops_report = report
     if report.skipped:
         warnings.warn(str(report), stacklevel=2)
+    return model
+
+
+def load_quantized_state_dict(model: nn.Module, state_dict, scheme: "str | QuantScheme", *, strict: bool = True,
+                              assign: bool = False) -> nn.Module:
+    """Load a state_dict saved from a quantized model (state_dict() or safetensors) into a float model of the
+    same architecture, in place; returns the model.
+
+    Every nn.Linear whose scheme tensors are in `state_dict` becomes a QuantizedLinear built from them
+    (validated, naming the layer); the other layers keep their float form and are loaded as usual. The
+    structure therefore comes from the checkpoint itself: no quantization, calibration or `exclude` list has
+    to be repeated. The float model may live on the meta device (then pass assign=True).
+    """
+    scheme = get_scheme(scheme)
+    report = QuantizationReport(scheme)
+    for path, mod in list(model.named_modules()):
+        if not isinstance(mod, nn.Linear) or isinstance(mod, QuantizedLinear):
+            continue
+        prefix = f"{path}." if path else ""
+        names = formats.tensor_specs(scheme, mod.out_features, mod.in_features) if not formats.representable(
+            scheme, mod.out_features, mod.in_features) else {}
+        if not names or not any(prefix + name in state_dict for name in names):
+            report.skipped[path] = "float in the checkpoint"
+            continue
+        missing = [prefix + name for name in names if prefix + name not in state_dict]
+        if missing:
+            raise ValueError(f"{path}: the checkpoint has some {scheme.name} tensors of this layer but not {', '.join(missing)}")
+        tensors = {name: state_dict[prefix + name] for name in names}
+        bias = state_dict.get(prefix + "bias") if mod.bias is not None else None
+        if path == "":
+            raise ValueError("load_quantized_state_dict needs a model that contains nn.Linear layers, not a bare "
+                             "nn.Linear (use QuantizedLinear.from_tensors)")
+        q = QuantizedLinear.from_tensors(tensors, scheme, bias=bias, dtype=mod.weight.dtype, name=path)
+        _set_submodule(model, path, q)
+        report.quantized.append(path)
+    # the quantized layers' tensors are loaded again (a no-op copy) so that strict checks cover every key
+    model.load_state_dict(state_dict, strict=strict, assign=assign)
+    model._quantops_report = report
     return model
 
 

@@ -134,9 +134,10 @@ def validate_tensors(tensors: dict[str, torch.Tensor], scheme: QuantScheme | str
             _check_finite(name, t)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
-        if t.dtype == torch.float8_e4m3fn and name.endswith("scale") and t.numel():
+        if t.dtype == torch.float8_e4m3fn and t.numel():  # e4m3 has no Inf; 0x7F/0xFF are NaN
             if bool(torch.isnan(t.float()).any()):
-                raise ValueError(f"{where}: {name} has NaN e4m3 scales")
+                what = "scales" if name.endswith("scale") else "values"
+                raise ValueError(f"{where}: {name} has NaN e4m3 {what}")
         if name.endswith("scale") and t.dtype == torch.uint8 and bool((t == 255).any()):
             raise ValueError(f"{where}: {name} has E8M0 code 0xFF (NaN)")
     if "weight_shape" in specs:

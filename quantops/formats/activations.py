@@ -29,7 +29,9 @@ def fp8_per_token(x: torch.Tensor):
 def fp8_per_tensor(x: torch.Tensor, input_scale: torch.Tensor | None):
     """Static (given input_scale) or dynamic per-tensor: (e4m3 [M, K], fp32 scale [1])."""
     if input_scale is None:
-        scale = (x.float().abs().amax().clamp(min=AMAX_EPS) / FP8_MAX).reshape(1)
+        # amax over rows, then over [row amaxes, 0]: a full reduction of an empty (M = 0) tensor raises
+        row_amax = x.float().abs().amax(dim=-1)
+        scale = (torch.nn.functional.pad(row_amax, (0, 1)).amax().clamp(min=AMAX_EPS) / FP8_MAX).reshape(1)
     else:
         scale = input_scale.float().reshape(1)
     return cast_fp8(x.float() / scale), scale

@@ -25,6 +25,13 @@ def cast_fp8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
+def store_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 scales -> the model dtype they are stored in. A scale that underflows to 0 there (fp16 below
+    6e-8: an all-zero row) becomes the dtype's smallest normal, so that w / scale is never 0/0 = NaN."""
+    s = scale.to(dtype)
+    return torch.where(s == 0, torch.finfo(dtype).tiny, s)
+
+
 def encode_fp4(x: torch.Tensor) -> torch.Tensor:
     """float -> E2M1 code (uint8 in 0..15), round-to-nearest-even, saturating at ±6. NaN encodes as 0."""
     a = x.abs()
@@ -49,8 +56,8 @@ def pack_fp4(codes: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
-    """[R, K/2] bytes -> [R, K] codes."""
-    return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+    """[R, K/2] bytes -> [R, K] codes. (flatten, not reshape(R, -1): that fails for R = 0.)"""
+    return torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2)
 
 
 def encode_e8m0(amax: torch.Tensor, emax: int) -> torch.Tensor:

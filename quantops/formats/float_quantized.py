@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .elements import FP8, FP8_MAX, cast_fp8
+from .elements import FP8, FP8_MAX, cast_fp8, store_scale
 
 
 def block_amax(w: torch.Tensor, bn: int, bk: int) -> torch.Tensor:
@@ -29,13 +29,13 @@ def quantize(w, scheme, input_amax=None):
     else:
         amax = block_amax(wf, *scheme.block_size)
     # scales are stored in the model dtype; quantize with the stored value so dequantize inverts exactly
-    scale = (amax / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny).to(w.dtype)
+    scale = store_scale(amax / FP8_MAX, w.dtype)
     s = scale.float()
     if scheme.weight_strategy == "block":
         s = expand_blocks(s, *w.shape, *scheme.block_size)
     out = {"weight": cast_fp8(wf / s), "weight_scale": scale}
     if not scheme.act_dynamic:
-        out["input_scale"] = (input_amax.float().reshape(1) / FP8_MAX).clamp(min=1e-12).to(w.dtype)
+        out["input_scale"] = store_scale((input_amax.float().reshape(1) / FP8_MAX).clamp(min=1e-12), w.dtype)
     return out
 
 

@@ -17,9 +17,11 @@ ZERO_BLOCK_SCALE = 0.125  # compressed-tensors replaces an e4m3 block scale of 0
 
 
 def global_scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
-    """The compressed-tensors global multiplier 448*6/amax, fp32 [1] (1.0 for an all-zero tensor)."""
+    """The compressed-tensors global multiplier 448*6/amax, fp32 [1]. 1.0 where that is not a finite positive
+    number (an all-zero tensor, or amax < ~8e-36 where the quotient overflows), as compressed-tensors does."""
     amax = amax.float().reshape(1)
-    return torch.where(amax > 0, FP8_MAX * FP4_MAX / amax.clamp(min=torch.finfo(torch.float32).tiny), 1.0)
+    gs = FP8_MAX * FP4_MAX / amax.clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.where((amax > 0) & torch.isfinite(gs), gs, 1.0)
 
 
 def quantize_nvfp4(x: torch.Tensor, global_scale: torch.Tensor, k: int):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .elements import pack_int32, unpack_int32
+from .elements import pack_int32, store_scale, unpack_int32
 
 
 def _groups(scheme, k):
@@ -47,14 +47,13 @@ def quantize(w, scheme, input_amax=None, g_idx=None):
         grouped = wf[:, order].reshape(n, _groups(scheme, k), scheme.group_size)
     else:
         grouped = wf.reshape(n, _groups(scheme, k), scheme.group_size)
-    tiny = torch.finfo(torch.float32).tiny
     if scheme.symmetric:
-        scale = (grouped.abs().amax(dim=-1) / qmax).clamp(min=tiny).to(w.dtype)
+        scale = store_scale(grouped.abs().amax(dim=-1) / qmax, w.dtype)
         zp = None
     else:
         lo = grouped.amin(dim=-1).clamp(max=0)
         hi = grouped.amax(dim=-1).clamp(min=0)
-        scale = ((hi - lo) / (qmax - qmin)).clamp(min=tiny).to(w.dtype)
+        scale = store_scale((hi - lo) / (qmax - qmin), w.dtype)
         zp = torch.round(qmin - lo / scale.float()).clamp(qmin, qmax).to(torch.int32)
     s_col = column_scales(scale.float(), g_idx, scheme, k)
     q = wf / s_col

@@ -251,9 +251,17 @@ def select_kernel(
             covered = max(covered, cand.max_m or 0)
     if not plan or plan[-1][0] is not None:
         detail = "; ".join(f"{n}: {w}" for n, w in rejected) or "no candidates"
-        what = f"forced backend {forced!r}" if forced else "no kernel"
-        raise ValueError(f"{what} can run {config.describe()} on {Selection(config, capability, []).platform}: {detail}")
+        if forced and not any(forced in (n, _loaded_backend(n)) for n, _ in rejected):
+            detail = (f"no {scheme.family} kernel on {platform_of(capability)} is named or has backend {forced!r}; "
+                      + detail)
+        what = f"forced backend {forced!r} cannot" if forced else "no kernel can"
+        raise ValueError(f"{what} run {config.describe()} on {Selection(config, capability, []).platform}: {detail}")
     return Selection(config, capability, plan, rejected, m)
+
+
+def _loaded_backend(name: str) -> str | None:
+    cls = _BY_NAME.get(name)
+    return None if cls is None else cls.backend
 
 
 def _reject_reason(cls, config, capability, forced, disabled) -> str | None:
@@ -262,6 +270,10 @@ def _reject_reason(cls, config, capability, forced, disabled) -> str | None:
         return "disabled"
     if forced and forced not in (name, cls.backend):
         return f"not the forced backend {forced!r}"
+    s = config.scheme
+    if config.batch_invariant and s.act is not None and s.act_dynamic and s.act_strategy == "tensor":
+        # one activation scale computed over the whole batch: no kernel can make rows independent of it
+        return "batch-invariant mode, but the scheme's dynamic per-tensor activation scale depends on the whole batch"
     if config.scheme.family not in cls.families:
         return f"does not run the {config.scheme.family} family"
     ok, why = cls.is_supported(capability)

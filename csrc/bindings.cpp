@@ -1,0 +1,107 @@
+// Python bindings of the quantops CUDA kernels (built on first use by quantops.kernels.cuda_ext).
+// The torch.library ops with their fake impls are defined in Python (quantops/kernels/cuda_wna16.py); these
+// functions are their real implementations. Checks here are the last line of defence: the Python side
+// raises clear ValueErrors before a launch.
+#include <cuda_runtime.h>
+#include <torch/extension.h>
+
+#include <array>
+#include <optional>
+
+#include "weight_only_gemv.h"
+
+namespace {
+
+// multiprocessor count per device, read once (cudaDeviceGetAttribute does not synchronize)
+int sm_count(int device) {
+  static std::array<int, 64> cache{};
+  if (device < 0 || device >= int(cache.size())) return 132;
+  if (cache[device] == 0) {
+    int v = 0;
+    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device);
+    cache[device] = v > 0 ? v : 132;
+  }
+  return cache[device];
+}
+
+struct DeviceScope {
+  int previous = -1;
+  explicit DeviceScope(int device) {
+    cudaGetDevice(&previous);
+    if (previous != device) cudaSetDevice(device);
+  }
+  ~DeviceScope() {
+    int now = -1;
+    cudaGetDevice(&now);
+    if (previous >= 0 && now != previous) cudaSetDevice(previous);
+  }
+};
+
+at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                            const std::optional<at::Tensor>& zeros, int64_t fmt, int64_t group_size, int64_t n,
+                            int64_t k, int64_t stream_handle, int64_t ksplit, int64_t nt) {
+  TORCH_CHECK(x.is_cuda() && qweight.is_cuda() && scales.is_cuda(), "weight_only_gemv: tensors must be on CUDA");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == k, "weight_only_gemv: x must be [M, ", k, "], got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              "weight_only_gemv: x must be bf16 or fp16");
+  TORCH_CHECK(x.is_contiguous() && qweight.is_contiguous() && scales.is_contiguous(),
+              "weight_only_gemv: tensors must be contiguous");
+  const int bits = (fmt == quantops::kInt4 || fmt == quantops::kFp4) ? 4 : 8;
+  const int vpc = 128 / bits;
+  TORCH_CHECK(k % vpc == 0, "weight_only_gemv: K must be a multiple of ", vpc);
+  TORCH_CHECK(qweight.scalar_type() == at::kInt && qweight.size(0) == n && qweight.size(1) * 32 == k * bits,
+              "weight_only_gemv: qweight must be int32 [", n, ", ", k * bits / 32, "]");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(qweight.data_ptr()) % 16 == 0 &&
+                  reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
+              "weight_only_gemv: x and qweight must be 16-byte aligned");
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == n, "weight_only_gemv: scales must be [N, G]");
+  const bool is_int = fmt == quantops::kInt4 || fmt == quantops::kInt8;
+  TORCH_CHECK(is_int ? scales.scalar_type() == x.scalar_type() : scales.scalar_type() == at::kFloat,
+              "weight_only_gemv: scales must be in x's dtype (int formats) or fp32 (fp formats)");
+  if (zeros) {
+    TORCH_CHECK(zeros->is_cuda() && zeros->scalar_type() == at::kByte && zeros->is_contiguous() &&
+                    zeros->sizes() == scales.sizes(),
+                "weight_only_gemv: zeros must be uint8 like scales");
+  }
+  const int64_t m = x.size(0);
+  at::Tensor out = at::empty({m, n}, x.options());
+  if (m == 0) return out;
+  // The caller passes torch's current stream (the capture stream under CUDA graphs); the device is made
+  // current for the launch and restored after.
+  const DeviceScope scope(x.get_device());
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  const int num_sms = sm_count(x.get_device());
+  const size_t x_row = size_t(k) * x.element_size();
+  const size_t o_row = size_t(n) * out.element_size();
+  for (int64_t m0 = 0; m0 < m; m0 += quantops::kMaxRows) {
+    quantops::GemvArgs a;
+    a.x = static_cast<const char*>(x.data_ptr()) + m0 * x_row;
+    a.w = qweight.data_ptr();
+    a.scales = scales.data_ptr();
+    a.zeros = zeros ? zeros->data_ptr<uint8_t>() : nullptr;
+    a.out = static_cast<char*>(out.data_ptr()) + m0 * o_row;
+    a.M = int(std::min<int64_t>(quantops::kMaxRows, m - m0));
+    a.N = int(n);
+    a.K = int(k);
+    a.G = int(scales.size(1));
+    a.group_size = int(group_size);
+    a.fmt = int(fmt);
+    a.bf16 = x.scalar_type() == at::kBFloat16;
+    a.ksplit = int(ksplit);
+    a.nt = int(nt);
+    a.num_sms = num_sms;
+    const cudaError_t err = is_int ? quantops::launch_weight_only_gemv_int(a, stream)
+                                   : quantops::launch_weight_only_gemv_fp(a, stream);
+    TORCH_CHECK(err == cudaSuccess, "weight_only_gemv launch failed: ", cudaGetErrorString(err));
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("weight_only_gemv", &weight_only_gemv, "Weight-only GEMV for M <= 16 (chunks of 16 rows beyond)",
+        pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"),
+        pybind11::arg("fmt"), pybind11::arg("group_size"), pybind11::arg("n"), pybind11::arg("k"),
+        pybind11::arg("stream"), pybind11::arg("ksplit") = 0, pybind11::arg("nt") = 0);
+}

@@ -1,0 +1,133 @@
+"""Decode-batch GEMV over 4-/8-bit weights in CUDA C++ (csrc/weight_only_gemv*.cu): W4A16 / W4A16_ASYM /
+W8A16 (groups, channel, act-order), W4AFP8 (activations rounded to fp8 first), NVFP4A16 / MXFP4A16 /
+MXFP8A16, and NVFP4 / MXFP4 / MXFP8 checkpoints run weight-only on Hopper.
+
+Memory-bound at M <= 16: each lane streams 16-byte chunks of weights (bypassing L1), dequantizes them in
+registers (magic-number int4/int8 conversion, bit-placed e2m1/e4m3 with the block scale applied in bf16x2),
+and feeds bf16/fp16 tensor-core MMAs (m16n8k16) whose 16 rows are the batch; warps of a block split K and
+reduce in shared memory, and the split is sized so that every SM has enough loads in flight.
+Ranked for M <= 16; the op itself handles any M (chunks of 16 rows).
+
+Needs: CUDA sm_80+, the quantops_cuda extension (built from csrc/ on first use; see cuda_ext.py).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .base import LinearKernel, check_all, needs_cuda, needs_library
+from .weight_only_layout import (
+    ACTIVATIONS_KEPT,
+    FMT_FP4,
+    FMT_FP8,
+    FMT_INT4,
+    FMT_INT8,
+    WEIGHT_ONLY_FAMILIES,
+    act_order_to_contiguous_groups,
+    announce_weight_only_fallback,
+    check_activation,
+    element_bits,
+    element_format,
+    group_size,
+    interleave_nibbles,
+    prepare_weight_only,
+    weight_only_activations,
+    weight_only_family_check,
+)
+
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@torch.library.custom_op("quantops::weight_only_gemv_cuda", mutates_args=())
+def weight_only_gemv_cuda(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: Optional[torch.Tensor],
+    perm: Optional[torch.Tensor],
+    fmt: int,
+    group_size: int,
+    n: int,
+    k: int,
+) -> torch.Tensor:
+    """x [M, K] bf16/fp16 -> [M, N] in x's dtype. qweight/scales/zeros as WeightOnlyGemvCudaKernel.prepare makes
+    them; perm (act-order) gathers x's columns into the weights' column order first."""
+    check_activation("weight_only_gemv_cuda", x, k, qweight, _DTYPES if fmt in (FMT_INT4, FMT_INT8) else (torch.bfloat16,))
+    if perm is not None:
+        x = x.index_select(1, perm)
+    x = x.contiguous()
+    from . import cuda_ext
+
+    return cuda_ext.extension.weight_only_gemv(
+        x, qweight, scales, zeros, fmt, group_size, n, k, cuda_ext.stream_handle(x)
+    )
+
+
+@weight_only_gemv_cuda.register_fake
+def _(x, qweight, scales, zeros, perm, fmt, group_size, n, k):
+    return x.new_empty((x.shape[0], n))
+
+
+class WeightOnlyGemvCudaKernel(LinearKernel):
+    backend = "cuda"
+    families = WEIGHT_ONLY_FAMILIES
+    dtypes = _DTYPES
+
+    @classmethod
+    def is_supported(cls, capability):
+        return check_all(needs_cuda(capability, (8, 0)), lambda: needs_library("quantops_cuda"))
+
+    @classmethod
+    def can_implement(cls, config):
+        ok, why = weight_only_family_check(config)
+        if not ok:
+            return ok, why
+        scheme, k = config.scheme, config.k
+        fmt = element_format(scheme)
+        vpc = 128 // element_bits(fmt)  # values in one 16-byte load
+        if k % vpc:
+            return False, f"K={k} is not a multiple of {vpc} (one 16-byte chunk of weights)"
+        gs = group_size(scheme, k)
+        if gs % vpc and not (fmt == FMT_FP4 and gs == 16):
+            return False, f"group size {gs} is not a multiple of {vpc}"
+        if fmt in (FMT_FP4, FMT_FP8) and config.dtype != torch.bfloat16:
+            return False, "FP4/FP8 weights need bf16 activations here (their scales can leave fp16's range)"
+        return True, None
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.fmt = element_format(self.scheme)
+        self.group_size = group_size(self.scheme, config.k)
+        if self.scheme.family in ACTIVATIONS_KEPT:
+            announce_weight_only_fallback(self.scheme.name, self.kernel_name())
+
+    def prepare(self, tensors):
+        cfg = self.config
+        scale_dtype = cfg.dtype if self.fmt in (FMT_INT4, FMT_INT8) else None
+        prepared = prepare_weight_only(tensors, self.scheme, cfg.n, cfg.k, scale_dtype)
+        if "g_idx" in prepared:
+            prepared = act_order_to_contiguous_groups(prepared, self.scheme, cfg.n, cfg.k)
+        if element_bits(self.fmt) == 4:
+            prepared["qweight"] = interleave_nibbles(prepared["qweight"])
+        return prepared
+
+    def apply_2d(self, x, prepared, bias):
+        cfg = self.config
+        x = weight_only_activations(x, self.scheme, cfg.k)
+        out = torch.ops.quantops.weight_only_gemv_cuda(
+            x,
+            prepared["qweight"],
+            prepared["scales"],
+            prepared.get("zeros"),
+            prepared.get("perm"),
+            self.fmt,
+            self.group_size,
+            cfg.n,
+            cfg.k,
+        )
+        return out if bias is None else out + bias
+
+
+__all__ = ["WeightOnlyGemvCudaKernel", "weight_only_gemv_cuda"]

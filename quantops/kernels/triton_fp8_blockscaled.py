@@ -1,0 +1,230 @@
+"""FP8 W8A8 GEMM in Triton: 128x128 weight blocks x 1x128 activation groups (DeepSeek-style), and, through
+the same launcher, per-tensor / per-channel weights x per-tensor / per-token activations (triton_fp8.py).
+
+Swap-AB tiling: a program computes out^T tiles [BLOCK_N, BLOCK_M], so the weight rows fill the MMA's large
+dimension and a decode batch (M = 1..16) only pads the small one. Block scaling multiplies each 128-deep
+partial product by its weight-block and activation-group scales (promotion into the fp32 accumulator every
+128 K, as DeepGEMM does); epilogue scaling applies per-row / per-column scales once at the end. Small M
+splits K across programs (fp32 partials, then one reduction kernel that also applies epilogue scales).
+
+Hardware: FP8 tensor cores, sm89+ (tuned for Hopper). Layout: N padded to 128 and K to 256 in prepare (so
+the main loop has no masks on the weight); activations are padded along K before quantization.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from ..formats import quantize_activation
+from .base import LinearKernel, check_all, needs_cuda, needs_library
+from .w8a8_prepare import check_canonical, pad_2d, pad_activation_k, round_up
+
+try:  # Triton is optional (absent on some platforms): its absence is a reason from is_supported
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+N_ALIGN = 128  # one weight-scale block per BLOCK_N <= 128 tile
+K_ALIGN = 256  # every BLOCK_K (128 or 256) divides the padded K
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _fp8_gemm_kernel(
+        x_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr,
+        M, N, K,
+        stride_xm, stride_xs_m, stride_xs_k, stride_wn, stride_ws_n, stride_ws_k, stride_om, stride_split,
+        BLOCK_SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        num_pid_m = tl.cdiv(M, BLOCK_M)
+        num_pid_n = tl.cdiv(N, BLOCK_N)
+        # grouped order: GROUP_M row tiles in a row reuse the same weight tiles from L2
+        num_pid_in_group = GROUP_M * num_pid_n
+        first_pid_m = (pid // num_pid_in_group) * GROUP_M
+        group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+        pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
+        pid_n = (pid % num_pid_in_group) // group_size_m
+
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        mask_m = offs_m < M
+        k_tiles = K // BLOCK_K
+        tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+        k_first = pid_k * tiles_per_split
+        k_last = tl.minimum(k_first + tiles_per_split, k_tiles)
+
+        w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + (k_first * BLOCK_K + offs_k)[None, :]
+        x_ptrs = x_ptr + offs_m.to(tl.int64)[None, :] * stride_xm + (k_first * BLOCK_K + offs_k)[:, None]
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        if BLOCK_SCALED:
+            # BLOCK_K == 128 == the group size; BLOCK_N <= 128 divides 128: one weight scale per tile and step
+            ws_ptrs = ws_ptr + ((pid_n * BLOCK_N) // 128) * stride_ws_n + k_first * stride_ws_k
+            xs_ptrs = xs_ptr + offs_m * stride_xs_m + k_first * stride_xs_k
+            for _ in range(k_first, k_last):
+                w = tl.load(w_ptrs)
+                x = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
+                ws = tl.load(ws_ptrs)
+                xs = tl.load(xs_ptrs, mask=mask_m, other=0.0)
+                acc += tl.dot(w, x) * (xs[None, :] * ws)
+                w_ptrs += BLOCK_K
+                x_ptrs += BLOCK_K
+                ws_ptrs += stride_ws_k
+                xs_ptrs += stride_xs_k
+        else:
+            for _ in range(k_first, k_last):
+                w = tl.load(w_ptrs)
+                x = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
+                acc = tl.dot(w, x, acc)
+                w_ptrs += BLOCK_K
+                x_ptrs += BLOCK_K
+            if SPLIT_K == 1:  # per-token (or per-tensor: stride 0) x per-channel (or per-tensor) scales
+                xs = tl.load(xs_ptr + offs_m * stride_xs_m, mask=mask_m, other=0.0)
+                ws = tl.load(ws_ptr + offs_n * stride_ws_n)
+                acc = acc * xs[None, :] * ws[:, None]
+
+        out_ptrs = out_ptr + pid_k * stride_split + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
+        mask = mask_m[None, :] & (offs_n[:, None] < N)
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _splitk_reduce_kernel(
+        p_ptr, xs_ptr, ws_ptr, out_ptr, M, N, stride_split, stride_xs_m, stride_ws_n,
+        SPLIT_K: tl.constexpr, APPLY_SCALES: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < M * N
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for s in tl.static_range(SPLIT_K):
+            acc += tl.load(p_ptr + s * stride_split + offs, mask=mask, other=0.0)
+        if APPLY_SCALES:
+            m = offs // N
+            n = offs % N
+            acc *= tl.load(xs_ptr + m * stride_xs_m, mask=mask, other=0.0)
+            acc *= tl.load(ws_ptr + n * stride_ws_n, mask=mask, other=0.0)
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def gemm_config(m: int, n: int, kp: int, block_scaled: bool, sms: int):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, GROUP_M, num_warps, num_stages) for this problem."""
+    if m <= 16:  # decode: weight streaming; deep pipelines of thin tiles, split K to fill the machine
+        bm, bn, bk, warps, stages = 16, 64, 128 if block_scaled else 256, 4, 5
+    elif m <= 32:
+        bm, bn, bk, warps, stages = 32, 64, 128, 4, 5
+    elif m <= 64:
+        bm, bn, bk, warps, stages = 64, 128, 128, 4, 4
+    else:
+        bm, bn, bk, warps, stages = 128, 128, 128, 8, 4
+    tiles = -(-m // bm) * -(-n // bn)
+    k_tiles = kp // bk
+    split = 1
+    if tiles < sms:  # about two programs per SM, at least 4 K steps each
+        split = max(1, min(-(-2 * sms // tiles), k_tiles // 4, 16))
+    return bm, bn, bk, split, 8, warps, stages
+
+
+def launch_fp8_gemm(xq, x_scale, weight, w_scale, n: int, out_dtype, block_scaled: bool):
+    """xq [M, Kp] e4m3 x weight [Np, Kp] e4m3 -> [M, n] out_dtype.
+
+    block_scaled: x_scale [M, Kp/128], w_scale [Np/128, Kp/128]. Otherwise x_scale [M, 1] or [1] and
+    w_scale [Np] or [1] (one element: per-tensor, read with stride 0)."""
+    m, kp = xq.shape
+    out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    if m == 0:
+        return out
+    xq = xq.contiguous()  # no-op for the quantizer's output; the kernel assumes unit stride along K
+    sms = 4 if interpreting() or not xq.is_cuda else _sm_count(xq.device.index or 0)
+    bm, bn, bk, split, group_m, warps, stages = gemm_config(m, n, kp, block_scaled, sms)
+    if block_scaled:
+        (stride_xs_m, stride_xs_k), (stride_ws_n, stride_ws_k) = x_scale.stride(), w_scale.stride()
+    else:
+        x_scale, w_scale = x_scale.contiguous(), w_scale.contiguous()
+        stride_xs_m, stride_xs_k = (0 if x_scale.numel() == 1 else 1), 0
+        stride_ws_n, stride_ws_k = (0 if w_scale.numel() == 1 else 1), 0
+    target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=xq.device)
+    grid = (-(-m // bm) * -(-n // bn), split)
+    _fp8_gemm_kernel[grid](
+        xq, x_scale, weight, w_scale, target, m, n, kp,
+        xq.stride(0), stride_xs_m, stride_xs_k, weight.stride(0), stride_ws_n, stride_ws_k, n, m * n,
+        BLOCK_SCALED=block_scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, GROUP_M=group_m,
+        num_warps=warps, num_stages=stages,
+    )
+    if split > 1:
+        block = 1024
+        _splitk_reduce_kernel[(-(-m * n // block),)](
+            target, x_scale, w_scale, out, m, n, m * n, stride_xs_m, stride_ws_n,
+            SPLIT_K=split, APPLY_SCALES=not block_scaled, BLOCK=block, num_warps=4,
+        )
+    return out
+
+
+@torch.library.custom_op("quantops::fp8_blockscaled_triton_mm", mutates_args=())
+def fp8_blockscaled_triton_mm(
+    xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, n: int, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """xq [M, Kp] e4m3 with x_scale [M, Kp/128]; weight [Np, Kp] e4m3 with w_scale [Np/128, Kp/128] -> [M, n]."""
+    return launch_fp8_gemm(xq, x_scale, weight, w_scale, n, out_dtype, block_scaled=True)
+
+
+@fp8_blockscaled_triton_mm.register_fake
+def _(xq, x_scale, weight, w_scale, n, out_dtype):
+    return xq.new_empty((xq.shape[0], n), dtype=out_dtype)
+
+
+class Fp8BlockScaledTritonKernel(LinearKernel):
+    """FP8 128x128 weight blocks x 1x128 activation groups, Triton (swap-AB tiles, split-K for decode)."""
+
+    backend = "triton"
+    families = ("fp8",)
+    dtypes = (torch.bfloat16, torch.float16, torch.float32)
+
+    @classmethod
+    def is_supported(cls, capability):
+        return check_all(needs_cuda(capability, (9, 0)), lambda: needs_library("triton"))
+
+    @classmethod
+    def can_implement(cls, config):
+        s = config.scheme
+        if s.weight_strategy != "block" or tuple(s.block_size) != (128, 128):
+            return False, "128x128 weight blocks only"
+        if s.act_strategy != "group" or s.act_group_size != 128 or not s.act_dynamic:
+            return False, "dynamic 1x128 activation groups only"
+        return True, None
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.np, self.kp = round_up(config.n, N_ALIGN), round_up(config.k, K_ALIGN)
+
+    def prepare(self, tensors):
+        check_canonical(self.kernel_name(), self.config, tensors, ["weight", "weight_scale"])
+        ws = tensors["weight_scale"].float()
+        return {
+            "weight": pad_2d(tensors["weight"], self.np, self.kp),
+            # padded K blocks multiply zero weights and zero activations: any finite scale will do
+            "weight_scale": pad_2d(ws, self.np // 128, self.kp // 128).contiguous(),
+        }
+
+    def apply_2d(self, x, prepared, bias):
+        cfg = self.config
+        x = pad_activation_k(x, cfg.k, self.kp)
+        xq, (xs,) = quantize_activation(x, self.scheme, self.kp)
+        out = torch.ops.quantops.fp8_blockscaled_triton_mm(
+            xq, xs, prepared["weight"], prepared["weight_scale"], cfg.n, cfg.dtype)
+        return out if bias is None else out + bias

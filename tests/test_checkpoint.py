@@ -1,0 +1,422 @@
+"""quantops.load_pretrained / save_pretrained on compressed-tensors checkpoints made by compressed-tensors itself.
+
+For every scheme: each layer's dequantized weight is bit-identical to compressed-tensors' decompression, and
+the logits are within tolerance of compressed-tensors' fake-quantized forward. Saving writes tensors that
+compressed-tensors decompresses to exactly our dequantized weights (and transformers loads). Malformed
+checkpoints raise CheckpointError naming the tensor, before any kernel is selected. Loading keeps peak host
+memory near the checkpoint's size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("transformers")
+pytest.importorskip("compressed_tensors")
+
+from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from test_checkpoint_helpers import (  # noqa: E402
+    ct_decompress,
+    ct_module_weights,
+    input_ids,
+    make_ct_checkpoint,
+    tiny_llama,
+)
+
+import quantops  # noqa: E402
+from quantops import QuantizedLinear, get_scheme  # noqa: E402
+from quantops.checkpoint import CheckpointError  # noqa: E402
+from quantops.checkpoint.compressed_tensors import config_group_from_scheme, scheme_from_config_group  # noqa: E402
+from quantops.schemes import PRESETS  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+# Our eager model runs bf16 activations through fp32 emulation; compressed-tensors' reference fake-quantizes in
+# bf16 and multiplies in bf16. Both quantize the same activations, so the logits differ by bf16 rounding plus
+# the occasional activation that lands on the other side of a rounding boundary: within 3% of the logits'
+# range (FP4 activations: 6%), and highly correlated.
+def assert_logits_close(out, ref, scheme):
+    out, ref = out.float(), ref.float()
+    tol = 0.06 if scheme.act in ("nvfp4", "mxfp4") else 0.03
+    err = (out - ref).abs().max().item()
+    assert err <= tol * ref.abs().max().item(), f"{scheme.key()}: max |logits - ref| {err:.4g} vs |ref| {ref.abs().max():.4g}"
+    cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()
+    assert cos > 0.998, f"{scheme.key()}: cosine {cos}"
+
+
+def check_weights(model, ct_weights: dict[str, torch.Tensor]):
+    """Every quantized layer: our dequantize() == compressed-tensors' decompression, bit for bit."""
+    qlayers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    assert set(qlayers) == set(ct_weights)
+    for name, ref in ct_weights.items():
+        ours = qlayers[name].dequantize(ref.dtype)
+        assert torch.equal(ours, ref), f"{name}: {(ours.float() - ref.float()).abs().max()}"
+
+
+CT_PRESETS = ["FP8_DYNAMIC", "FP8", "FP8_BLOCK", "W8A8", "W4A16", "W4A16_ASYM", "W8A16", "W4AFP8", "NVFP4",
+              "NVFP4A16", "MXFP4", "MXFP4A16", "MXFP8"]
+
+
+@pytest.mark.parametrize("preset", CT_PRESETS)
+def test_load_compressed_tensors_preset(tmp_path, preset):
+    ct_model, ids, ref = make_ct_checkpoint(tmp_path, preset)
+    model = quantops.load_pretrained(tmp_path)
+    expected = get_scheme(preset)
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    assert len(layers) == 14 and all(m.scheme == expected for m in layers)
+    assert isinstance(model.lm_head, nn.Linear) and not isinstance(model.lm_head, QuantizedLinear)  # ignored
+    check_weights(model, ct_module_weights(ct_model))
+    with torch.no_grad():
+        out = model(ids).logits
+    assert out.dtype == torch.bfloat16
+    assert_logits_close(out, ref, expected)
+
+
+def test_nvfp4_fused_layers_share_global_scale(tmp_path):
+    """llm-compressor gives q/k/v (and gate/up) one global scale; each layer loads it and dequantizes right."""
+    ct_model, ids, ref = make_ct_checkpoint(tmp_path, "NVFP4")
+    model = quantops.load_pretrained(tmp_path)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    gs = [attn.q_proj.weight_global_scale, attn.k_proj.weight_global_scale, attn.v_proj.weight_global_scale]
+    assert all(torch.equal(g, gs[0]) for g in gs)
+    assert torch.equal(mlp.gate_proj.weight_global_scale, mlp.up_proj.weight_global_scale)
+    assert not torch.equal(attn.q_proj.weight_global_scale, attn.o_proj.weight_global_scale)
+    check_weights(model, ct_module_weights(ct_model))
+
+
+def _args(**kw):
+    return QuantizationArgs(**kw)
+
+
+# non-preset variants: (compressed-tensors group, the QuantScheme it must parse to)
+VARIANTS = {
+    "w4a16_g32": (dict(weights=_args(num_bits=4, type="int", strategy="group", group_size=32)),
+                  get_scheme("W4A16", group_size=32)),
+    "w4a16_channel": (dict(weights=_args(num_bits=4, type="int", strategy="channel")),
+                      get_scheme("W4A16", weight_strategy="channel", group_size=None)),
+    "w4a16_asym_g64": (dict(weights=_args(num_bits=4, type="int", strategy="group", group_size=64, symmetric=False)),
+                       get_scheme("W4A16_ASYM", group_size=64)),
+    "w8a16_asym_channel": (dict(weights=_args(num_bits=8, type="int", strategy="channel", symmetric=False)),
+                           get_scheme("W8A16", weight_strategy="channel", group_size=None, symmetric=False)),
+    "fp8_channel_static_act": (dict(weights=_args(num_bits=8, type="float", strategy="channel"),
+                                    input_activations=_args(num_bits=8, type="float", strategy="tensor", dynamic=False)),
+                               get_scheme("FP8", weight_strategy="channel")),
+    "fp8_dynamic_tensor_act": (dict(weights=_args(num_bits=8, type="float", strategy="tensor"),
+                                    input_activations=_args(num_bits=8, type="float", strategy="tensor", dynamic=True)),
+                               get_scheme("FP8", act_dynamic=True)),
+    "w8a8_static_asym_act": (dict(weights=_args(num_bits=8, type="int", strategy="channel"),
+                                  input_activations=_args(num_bits=8, type="int", strategy="tensor", dynamic=False,
+                                                          symmetric=False)),
+                             get_scheme("W8A8", act_strategy="tensor", act_dynamic=False, act_symmetric=False)),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_load_compressed_tensors_variant(tmp_path, variant):
+    group, expected = VARIANTS[variant]
+    ct_model, ids, ref = make_ct_checkpoint(tmp_path, {"group_0": QuantizationScheme(targets=["Linear"], **group)})
+    model = quantops.load_pretrained(tmp_path)
+    assert {m.scheme for m in model.modules() if isinstance(m, QuantizedLinear)} == {expected}
+    check_weights(model, ct_module_weights(ct_model))
+    with torch.no_grad():
+        assert_logits_close(model(ids).logits, ref, expected)
+
+
+def test_mixed_precision_and_ignore_patterns(tmp_path):
+    """Two schemes (regex and exact-name targets), a "re:" ignore entry: each layer gets its group's scheme."""
+    names = [f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")]
+    groups = {
+        "attn": QuantizationScheme(targets=[r"re:.*self_attn\.(q|k|v|o)_proj$"],
+                                   weights=_args(num_bits=8, type="int", strategy="channel"),
+                                   input_activations=_args(num_bits=8, type="int", strategy="token", dynamic=True)),
+        "mlp": QuantizationScheme(targets=names, **{k: v for k, v in
+                                  __import__("compressed_tensors.quantization.quant_scheme", fromlist=["NVFP4"]).NVFP4.items()}),
+    }
+    ignore = ["lm_head", r"re:.*layers\.1\.mlp\.down_proj$"]
+    ct_model, ids, ref = make_ct_checkpoint(tmp_path, groups, ignore=ignore)
+    qcfg = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert qcfg["format"] == "mixed-precision"
+    model = quantops.load_pretrained(tmp_path)
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Linear, QuantizedLinear)):
+            continue
+        if name in ("lm_head", "model.layers.1.mlp.down_proj"):
+            assert type(m) is nn.Linear, name
+        elif "self_attn" in name:
+            assert m.scheme == get_scheme("W8A8"), name
+        else:
+            assert m.scheme == get_scheme("NVFP4"), name
+    check_weights(model, ct_module_weights(ct_model))
+    with torch.no_grad():
+        assert_logits_close(model(ids).logits, ref, get_scheme("NVFP4"))
+
+
+def test_scheme_config_round_trip():
+    """Our config group for every preset (and variants) parses back to the same scheme, and compressed-tensors
+    accepts it."""
+    schemes = list(PRESETS.values()) + [v for _, v in VARIANTS.values()] + [get_scheme("W4A16", actorder=True)]
+    for s in schemes:
+        group = config_group_from_scheme(s, ["Linear"])
+        assert scheme_from_config_group(group) == s, s.key()
+        if not s.actorder:  # compressed-tensors 0.20 removed actorder="group" (and weight_g_idx)
+            QuantizationScheme.model_validate(group)
+
+
+def _ct_weights_of_saved(path) -> dict[str, torch.Tensor]:
+    """compressed-tensors' decompression of every quantized layer of a checkpoint quantops saved."""
+    qcfg = QuantizationConfig.model_validate(json.loads((path / "config.json").read_text())["quantization_config"])
+    tensors = load_file(str(path / "model.safetensors"))
+    by_module: dict[str, dict] = {}
+    for key, t in tensors.items():
+        mod, _, local = key.rpartition(".")
+        by_module.setdefault(mod, {})[local] = t
+    out = {}
+    for mod, sd in by_module.items():
+        if "weight_scale" not in sd:
+            continue
+        group = next(g for g in qcfg.config_groups.values() if "Linear" in g.targets or mod in g.targets)
+        out[mod] = ct_decompress(sd, group)
+    return out
+
+
+@pytest.mark.parametrize("preset", ["W4A16_ASYM", "NVFP4", "FP8_BLOCK", "W8A8", "MXFP4", "W4AFP8"])
+def test_save_then_compressed_tensors_decompresses_identically(tmp_path, preset):
+    make_ct_checkpoint(tmp_path / "src", preset)
+    model = quantops.load_pretrained(tmp_path / "src")
+    quantops.save_pretrained(model, tmp_path / "out")
+    check_weights(model, _ct_weights_of_saved(tmp_path / "out"))
+    again = quantops.load_pretrained(tmp_path / "out")
+    for (n1, a), (n2, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert n1 == n2 and torch.equal(a, b), n1
+
+
+def test_save_quantize_model_mixed_then_transformers_loads(tmp_path):
+    """A model quantized by quantops (two schemes, one layer left float) saves as mixed-precision; transformers
+    + compressed-tensors load it and decompress every weight to exactly our dequantized weights."""
+    model = tiny_llama(0)
+    ids = input_ids()
+    quantops.quantize_model(model, "W4A16_ASYM", exclude=["lm_head", "re:.*mlp.*"])
+    quantops.quantize_model(model, get_scheme("FP8_DYNAMIC"), exclude=["lm_head", "re:.*down_proj"])
+    quantops.save_pretrained(model, tmp_path)
+    qcfg = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert qcfg["format"] == "mixed-precision" and "model.layers.0.mlp.down_proj" in qcfg["ignore"]
+    check_weights(model, _ct_weights_of_saved(tmp_path))
+    hf = __import__("transformers").AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.bfloat16)
+    for name, m in model.named_modules():
+        if isinstance(m, QuantizedLinear):
+            assert torch.equal(hf.get_submodule(name).weight, m.dequantize(torch.bfloat16)), name
+    with torch.no_grad():
+        assert_logits_close(model(ids).logits, hf(ids).logits, get_scheme("FP8_DYNAMIC"))
+
+
+def test_save_actorder_round_trip(tmp_path):
+    """Act-order (weight_g_idx) saves with actorder "group" and loads back identical."""
+    model = tiny_llama(0)
+    quantops.quantize_model(model, get_scheme("W4A16", group_size=32, actorder=True), exclude=["lm_head"])
+    quantops.save_pretrained(model, tmp_path)
+    group = json.loads((tmp_path / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
+    assert group["weights"]["actorder"] == "group"
+    again = quantops.load_pretrained(tmp_path)
+    for name, m in model.named_modules():
+        if isinstance(m, QuantizedLinear):
+            other = again.get_submodule(name)
+            assert other.scheme == m.scheme and torch.equal(other.weight_g_idx, m.weight_g_idx)
+            assert torch.equal(other.dequantize(), m.dequantize())
+
+
+def test_save_shards_and_overwrite_loaded_directory(tmp_path):
+    """Sharded output with an index; saving over the directory a model was loaded from (its tensors are views
+    of those files) leaves the model intact."""
+    make_ct_checkpoint(tmp_path, "W4A16")
+    model = quantops.load_pretrained(tmp_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    quantops.save_pretrained(model, tmp_path, max_shard_size="100KB")
+    assert not (tmp_path / "model.safetensors").exists()
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    again = quantops.load_pretrained(tmp_path)
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_tied_embeddings_and_generate(tmp_path):
+    """tie_word_embeddings: lm_head is not in the checkpoint and shares embed_tokens' weight after loading;
+    generate() runs (what `quantops run --model DIR` does)."""
+    make_ct_checkpoint(tmp_path, "W4A16", tie=True)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()
+    model = quantops.load_pretrained(tmp_path)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    out = model.generate(input_ids()[:1, :4], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 7)
+
+
+def test_float_model_directory(tmp_path):
+    """A checkpoint without quantization_config loads as the float model transformers loads."""
+    model = tiny_llama(0)
+    model.save_pretrained(str(tmp_path))
+    ours = quantops.load_pretrained(tmp_path)
+    assert not any(isinstance(m, QuantizedLinear) for m in ours.modules())
+    ids = input_ids()
+    with torch.no_grad():
+        assert torch.equal(ours(ids).logits, model(ids).logits)
+
+
+def test_device_and_dtype_arguments(tmp_path):
+    make_ct_checkpoint(tmp_path, "FP8_DYNAMIC")
+    model = quantops.load_pretrained(tmp_path, device="cpu", dtype=torch.float16)
+    q = model.model.layers[0].self_attn.q_proj
+    assert q.dtype == torch.float16 and model.model.embed_tokens.weight.dtype == torch.float16
+    assert q.weight_scale.dtype == torch.bfloat16  # quantized tensors keep their checkpoint dtypes
+    with torch.no_grad():
+        assert model(input_ids()).logits.dtype == torch.float16
+
+
+# -- malformed checkpoints --------------------------------------------------------------------------------
+
+Q = "model.layers.0.self_attn.q_proj"
+
+
+def _rewrite(path, edit):
+    f = path / "model.safetensors"
+    t = load_file(str(f))
+    edit(t)
+    save_file(t, str(f), metadata={"format": "pt"})
+
+
+def _edit_config(path, edit):
+    cfg = json.loads((path / "config.json").read_text())
+    edit(cfg["quantization_config"])
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def _set(key, fn):
+    return lambda t: t.__setitem__(key, fn(t[key]))
+
+
+MALFORMED = {
+    # name: (preset, tensor edit, config edit, words the message must contain)
+    "missing_tensor": ("W4A16", lambda t: t.pop(f"{Q}.weight_scale"), None, [Q, "missing weight_scale"]),
+    "wrong_shape": ("W4A16", _set(f"{Q}.weight_scale", lambda s: s[:, :1].repeat(1, 2)), None,
+                    [Q, "weight_scale has shape (128, 2), expected (128, 1)"]),
+    "wrong_dtype": ("W4A16", _set(f"{Q}.weight_packed", lambda p: p.to(torch.int64)), None,
+                    [Q, "weight_packed has dtype torch.int64, expected torch.int32"]),
+    "nan_scale": ("W4A16", _set(f"{Q}.weight_scale", lambda s: s.index_fill(0, torch.tensor([3]), float("nan"))),
+                  None, [Q, "weight_scale", "NaN/Inf"]),
+    "inf_global_scale": ("NVFP4", _set(f"{Q}.weight_global_scale", lambda s: s * float("inf")), None,
+                         [Q, "weight_global_scale", "NaN/Inf"]),
+    "nan_e4m3_block_scale": ("NVFP4", _set(f"{Q}.weight_scale", lambda s: s.view(torch.uint8).index_fill(
+        0, torch.tensor([0]), 0x7F).view(torch.float8_e4m3fn)), None, [Q, "weight_scale", "NaN"]),
+    "e8m0_nan_scale": ("MXFP4", _set(f"{Q}.weight_scale", lambda s: s.index_fill(0, torch.tensor([1]), 255)), None,
+                       [Q, "weight_scale", "0xFF"]),
+    "packed_size_vs_weight_shape": ("W4A16", _set(f"{Q}.weight_shape", lambda s: torch.tensor([128, 160])), None,
+                                    [Q, "weight_shape is (128, 160), but the layer is 128x128"]),
+    "packed_cols": ("W4A16", _set(f"{Q}.weight_packed", lambda p: p[:, :-1].contiguous()), None,
+                    [Q, "weight_packed has shape (128, 15), expected (128, 16)"]),
+    "unknown_format": ("W4A16", None, lambda q: q["config_groups"]["group_0"].__setitem__("format", "int3-quantized"),
+                       ["unknown format 'int3-quantized'", "pack-quantized"]),
+    "unknown_method": ("W4A16", None, lambda q: q.__setitem__("quant_method", "bitsandbytes"),
+                       ["'bitsandbytes' is not supported"]),
+    "unsupported_scheme": ("W4A16", None, lambda q: q["config_groups"]["group_0"]["weights"].__setitem__("num_bits", 3),
+                           ["3-bit int weights have no quantops scheme"]),
+    "missing_float_tensor": ("W4A16", lambda t: t.pop("model.norm.weight"), None, ["model.norm.weight", "(128,)"]),
+    "quantized_but_not_in_config": ("FP8_DYNAMIC", None, lambda q: q["ignore"].append(Q),
+                                    [f"{Q}.weight has dtype torch.float8_e4m3fn, expected a float tensor"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_checkpoint_raises_before_any_kernel(tmp_path, case, monkeypatch):
+    preset, edit, cfg_edit, words = MALFORMED[case]
+    make_ct_checkpoint(tmp_path, preset)
+    if edit:
+        _rewrite(tmp_path, edit)
+    if cfg_edit:
+        _edit_config(tmp_path, cfg_edit)
+
+    def no_kernels(*a, **k):
+        raise AssertionError("a kernel was selected while loading a malformed checkpoint")
+
+    monkeypatch.setattr(quantops.modules, "select_kernel", no_kernels)
+    with pytest.raises(ValueError) as e:
+        quantops.load_pretrained(tmp_path)
+    for w in words:
+        assert w in str(e.value), f"{w!r} not in: {e.value}"
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        quantops.load_pretrained(tmp_path)
+
+
+# -- memory --------------------------------------------------------------------------------------------
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import json, sys, torch, transformers.models.llama.modeling_llama, quantops
+
+    def rss(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+
+    before = rss("VmRSS:")
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+    model = quantops.load_pretrained(sys.argv[1])
+    peak = rss("VmHWM:")
+    assert sum(isinstance(m, quantops.QuantizedLinear) for m in model.modules()) == 21
+    print(json.dumps({"peak_delta": peak - before}))
+""")
+
+
+def test_peak_memory_near_checkpoint_size(tmp_path):
+    """A W4A16 checkpoint whose float model would be ~4x larger: loading it (in a fresh process) raises peak
+    resident memory by about the checkpoint's size, not the float model's."""
+    from quantops.formats import tensor_specs
+
+    cfg = tiny_llama(0, hidden=1024, intermediate=4096, layers=3).config  # config only: the float weights are
+    scheme = get_scheme("W4A16")                                             # never built here either
+    tensors, float_bytes = {}, 0
+    g = torch.Generator().manual_seed(0)
+    for i in range(cfg.num_hidden_layers):
+        for name, (n, k) in {"self_attn.q_proj": (1024, 1024), "self_attn.k_proj": (512, 1024),
+                             "self_attn.v_proj": (512, 1024), "self_attn.o_proj": (1024, 1024),
+                             "mlp.gate_proj": (4096, 1024), "mlp.up_proj": (4096, 1024),
+                             "mlp.down_proj": (1024, 4096)}.items():
+            float_bytes += 2 * n * k
+            p = f"model.layers.{i}.{name}"
+            specs = tensor_specs(scheme, n, k)
+            tensors[f"{p}.weight_packed"] = torch.randint(-2**31, 2**31 - 1, specs["weight_packed"][0], dtype=torch.int32, generator=g)
+            tensors[f"{p}.weight_scale"] = (torch.rand(specs["weight_scale"][0], generator=g) * 1e-2 + 1e-3).to(torch.bfloat16)
+            tensors[f"{p}.weight_shape"] = torch.tensor([n, k])
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            tensors[f"model.layers.{i}.{norm}.weight"] = torch.ones(1024, dtype=torch.bfloat16)
+    tensors["model.embed_tokens.weight"] = torch.randn(256, 1024, generator=g).to(torch.bfloat16)
+    tensors["lm_head.weight"] = torch.randn(256, 1024, generator=g).to(torch.bfloat16)
+    tensors["model.norm.weight"] = torch.ones(1024, dtype=torch.bfloat16)
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    ckpt_bytes = os.path.getsize(tmp_path / "model.safetensors")
+    del tensors
+    config = json.loads(cfg.to_json_string())
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "pack-quantized",
+                                     "config_groups": {"group_0": config_group_from_scheme(scheme, ["Linear"])},
+                                     "ignore": ["lm_head"]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    delta = json.loads(out.stdout.strip().splitlines()[-1])["peak_delta"]
+    assert ckpt_bytes > 40e6 and float_bytes > 3.5 * ckpt_bytes
+    # the mapped checkpoint pages plus small change (Python objects, the RoPE table): far below the float model
+    assert delta < 1.25 * ckpt_bytes + 16e6, f"peak grew {delta / 1e6:.1f} MB for a {ckpt_bytes / 1e6:.1f} MB checkpoint"
