@@ -3,7 +3,9 @@
 // functions are their real implementations. Checks here are the last line of defence: the Python side
 // raises clear ValueErrors before a launch.
 #include <cuda_runtime.h>
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/csrc/utils/pybind.h>  // at::Tensor <-> Python casters (lighter than torch/extension.h)
 
 #include <array>
 #include <optional>

@@ -95,14 +95,20 @@ class Explanation:
                 rows.append((l.path, l.scheme or "-", nk, _fmt_dtype(l.dtype),
                              l.kernel if l.status == "rewritten" else f"{l.status}: {l.reason}"))
             widths = [max(len(r[i]) for r in rows) for i in range(4)]
+            shown: dict[tuple, str] = {}  # a rejection list already printed -> the layer it was printed for
             for r, l in zip(rows, [None] + g.layers):
                 lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
                 if l is None:
                     continue
                 for note in l.notes:
                     lines.append(f"      note: {note}")
-                if l.selection is not None:
-                    for name, why in l.selection.rejected:
+                if l.selection is not None and l.selection.rejected:
+                    rejected = tuple(l.selection.rejected)
+                    if rejected in shown:
+                        lines.append(f"      rejected: as for {shown[rejected]}")
+                        continue
+                    shown[rejected] = l.path
+                    for name, why in rejected:
                         lines.append(f"      rejected {name}: {why}")
             if g.derived_bytes:
                 lines.append(f"  prepared/quantized tensors made at compile time: {g.derived_bytes / 2**20:.2f} MiB")

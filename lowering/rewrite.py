@@ -233,6 +233,41 @@ class Lowered:
     num_original_inputs: int
 
 
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a is b:
+        return True
+    if (a.shape, a.stride(), a.dtype, a.device) != (b.shape, b.stride(), b.dtype, b.device) or a.device.type == "meta":
+        return False
+    # bytewise (torch.equal has no fp8 kernel on the CPU)
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def _assign_slots(prepared: list[dict], canon: dict):
+    """Graph values for every kernel's prepared tensors: ("canon", name) for a module tensor handed through,
+    else ("slot", j) for a derived tensor; equal derived tensors (two kernels of an M plan consuming the same
+    layout) share a slot, so an M plan does not hold the weights twice."""
+    ids = {id(t): nm for nm, t in canon.items()}
+    slots, refs = [], []  # slots: (kernel index, name, tensor)
+    for ki, p in enumerate(prepared):
+        r = {}
+        for nm, t in p.items():
+            if id(t) in ids:
+                r[nm] = ("canon", ids[id(t)])
+                continue
+            j = next((j for j, (_, _, u) in enumerate(slots) if _same_tensor(t, u)), None)
+            if j is None:
+                j = len(slots)
+                slots.append((ki, nm, t))
+            r[nm] = ("slot", j)
+        refs.append(r)
+    return slots, refs
+
+
+def _slot_names(path: str, slots, n_kernels: int) -> list[str]:
+    base = _sanitize(path)
+    return [f"{base}__{nm}" if n_kernels == 1 else f"{base}__{ki}_{nm}" for ki, nm, _ in slots]
+
+
 def _sanitize(s: str) -> str:
     s = re.sub(r"[^0-9a-zA-Z_]", "_", s)
     return s if s and not s[0].isdigit() else "_" + s
@@ -279,12 +314,11 @@ class _Lowering:
         with torch.no_grad():
             if not self.simulated:
                 return kernel.prepare(tensors)
-            # A simulated target's prepare needs only shapes: try meta tensors first (fast, and no CPU
-            # support needed for GPU-only layouts), then the real ones.
+            # A simulated target's prepare may use ops the CPU lacks: shapes are all the graph needs then.
             try:
-                return kernel.prepare({k: v.to("meta") for k, v in tensors.items()})
-            except Exception:
                 return kernel.prepare(tensors)
+            except Exception:
+                return kernel.prepare({k: v.to("meta") for k, v in tensors.items()})
 
     def _new_input(self, name: str, value: torch.Tensor) -> torch.fx.Node:
         """An extra graph input, bound at run time (static: its address is stable for CUDA graphs)."""
@@ -375,33 +409,16 @@ class _Lowering:
         kernels = [(max_m, cls(sel.config)) for max_m, cls in sel.plan]
         prepared = [self._prepare(kern, canon) for _, kern in kernels]
         # Tensors a kernel consumes as the module holds them stay the module's inputs; the rest are derived.
-        ids = {id(t): nm for nm, t in canon.items()}
-        slots, refs = [], []  # refs[i][name] = ("canon", name) | ("slot", j)
-        seen: dict[int, int] = {}
-        for ki, p in enumerate(prepared):
-            r = {}
-            for nm, t in p.items():
-                if id(t) in ids:
-                    r[nm] = ("canon", ids[id(t)])
-                elif id(t) in seen:
-                    r[nm] = ("slot", seen[id(t)])
-                else:
-                    seen[id(t)] = len(slots)
-                    r[nm] = ("slot", len(slots))
-                    slots.append((ki, nm, t))
-            refs.append(r)
+        slots, refs = _assign_slots(prepared, canon)
+        slot_nodes = []
         if slots:
             def derive(srcs, kernels=kernels, names=names, slots=slots):
                 tensors = dict(zip(names, srcs))
-                with torch.no_grad():
-                    out = [k_.prepare(tensors) for _, k_ in kernels]
+                out = [k_.prepare(tensors) for _, k_ in kernels]
                 return [out[ki][nm] for ki, nm, _ in slots]
 
             slot_nodes = self._bind(layer, site.weight_nodes, derive, [t for _, _, t in slots],
-                                    [f"{_sanitize(layer.path)}__{nm}" if len(kernels) == 1
-                                     else f"{_sanitize(layer.path)}__{ki}_{nm}" for ki, nm, _ in slots])
-        else:
-            slot_nodes = []
+                                    _slot_names(layer.path, slots, len(kernels)))
         proxies = [{nm: self._proxy(canon_nodes[r[1]] if r[0] == "canon" else slot_nodes[r[1]])
                     for nm, r in ref.items()} for ref in refs]
         self._emit(site, layer, kernels, proxies)
@@ -438,40 +455,29 @@ class _Lowering:
         scheme = s.scheme
         kernels = [(max_m, cls(sel.config)) for max_m, cls in sel.plan]
 
-        def derive(srcs, kernels=kernels, scheme=scheme):
-            with torch.no_grad():
-                canon = formats.quantize_weight(srcs[0].detach(), scheme)
-                out, seen = [], set()
-                for _, k_ in kernels:
-                    for t in k_.prepare(canon).values():
-                        if id(t) not in seen:
-                            seen.add(id(t))
-                            out.append(t)
-                return out
-
         with torch.no_grad():
             canon = formats.quantize_weight(w.detach(), scheme)
-        # every tensor is derived (the module holds only the float weight); equal tensors share a slot
-        slots, refs, seen = [], [], {}
-        for _, kern in kernels:
-            p = self._prepare(kern, canon)
-            r = {}
-            for nm, t in p.items():
-                if id(t) not in seen:
-                    seen[id(t)] = len(slots)
-                    slots.append((nm, t))
-                r[nm] = seen[id(t)]
-            refs.append(r)
-        slot_names = [f"{_sanitize(layer.path)}__{nm}" for nm, _ in slots]
-        slot_nodes = self._bind(layer, [wnode], derive, [t for _, t in slots], slot_names)
-        proxies = [{nm: self._proxy(slot_nodes[j]) for nm, j in r.items()} for r in refs]
+        # every tensor is derived (the module holds only the float weight)
+        slots, refs = _assign_slots([self._prepare(kern, canon) for _, kern in kernels], {})
+
+        def derive(srcs, kernels=kernels, scheme=scheme, slots=slots):
+            canon = formats.quantize_weight(srcs[0].detach(), scheme)
+            out = [k_.prepare(canon) for _, k_ in kernels]
+            return [out[ki][nm] for ki, nm, _ in slots]
+
+        slot_nodes = self._bind(layer, [wnode], derive, [t for _, _, t in slots],
+                                _slot_names(layer.path, slots, len(kernels)))
+        proxies = [{nm: self._proxy(slot_nodes[r[1]]) for nm, r in ref.items()} for ref in refs]
         layer.status = "rewritten"
         self._emit(site, layer, kernels, proxies)
 
     def _bind(self, layer, source_nodes, derive, values, names) -> list[torch.fx.Node]:
         """Graph nodes for derived tensors: extra inputs bound per instance, or buffers when the sources
         are attributes of the graph module (freezing)."""
-        layer.prepared_bytes += sum(t.numel() * t.element_size() for t in values if t.device.type != "meta")
+        sources = {self.values.tensor(nd).untyped_storage().data_ptr() for nd in source_nodes
+                   if self.values.tensor(nd) is not None and self.values.tensor(nd).device.type != "meta"}
+        layer.prepared_bytes += sum(t.untyped_storage().nbytes() for t in values  # views of the module's own tensors are free
+                                    if t.device.type != "meta" and t.untyped_storage().data_ptr() not in sources)
         if all(nd.op == "get_attr" for nd in source_nodes):
             layer.notes.append("weights are graph attributes (freezing): prepared tensors become constants")
             return [self._new_buffer(nm, t) for nm, t in zip(names, values)]
@@ -510,8 +516,8 @@ class _Lowering:
             if len(kernels) == 1:
                 kern = kernels[0][1]
                 try:
-                    if xv is not None and xv.dim() == 2 and type(kern).apply is LinearKernel.apply:
-                        out = kern.apply_2d(x, proxies[0], bias)
+                    if type(kern).apply is LinearKernel.apply:  # the usual [..., K] <-> [M, K] reshapes
+                        out = self._unflatten(kern.apply_2d(self._flatten(x, xv, cfg.k), proxies[0], bias), x, xv, cfg.n)
                     else:
                         out = kern.apply(x, proxies[0], bias)
                     if not isinstance(out, torch.fx.Proxy):
@@ -528,17 +534,27 @@ class _Lowering:
                 for (max_m, kern), p in zip(kernels, proxies):
                     plan.append((max_m, type(kern), list(p)))
                     flat.extend(p.values())
-                plan_str = encode_plan(cfg, plan)
-                x2 = x if (xv is not None and xv.dim() == 2) else x.reshape(-1, cfg.k)
-                out = torch.ops.quantops.linear_by_m(x2, flat, bias, plan_str)
-                if not (xv is not None and xv.dim() == 2):
-                    out = out.reshape(x.shape[:-1] + (cfg.n,))
+                out2d = torch.ops.quantops.linear_by_m(self._flatten(x, xv, cfg.k), flat, bias, encode_plan(cfg, plan))
+                out = self._unflatten(out2d, x, xv, cfg.n)
         site.node.replace_all_uses_with(out.node)
         self.graph.erase_node(site.node)
         for node in site.dead_after:
             if not node.users:
                 self.graph.erase_node(node)
         layer.status = "rewritten"
+
+    @staticmethod
+    def _flatten(x, xv, k):
+        return x if xv is not None and xv.dim() == 2 else x.reshape(-1, k)
+
+    @staticmethod
+    def _unflatten(out, x, xv, n):
+        if xv is not None and xv.dim() == 2:
+            return out
+        lead = tuple(xv.shape[:-1]) if xv is not None else None
+        if lead is not None and all(isinstance(d, int) for d in lead):
+            return out.reshape(*lead, n)  # static sizes (Dynamo guards them): a readable reshape
+        return out.reshape(x.shape[:-1] + (n,))
 
 
 def copy_dynamo_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:

@@ -389,9 +389,7 @@ def write_plot(results: list[Result], path: str) -> str:
 # -- entry point ------------------------------------------------------------------------------------
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="quantops bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--schemes", help="comma-separated schemes (default: every scheme with a kernel that runs here)")
     p.add_argument("--shapes", help=f"comma-separated presets {sorted(SHAPE_PRESETS)} or NxK (default: "
                                     f"{','.join(DEFAULT_SHAPES)} on CUDA, tiny on the CPU)")
@@ -410,6 +408,12 @@ def parse_args(argv):
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="start no new layer after this many seconds (the summary and plot are still written)")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="quantops bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -428,9 +432,13 @@ def _shapes(spec: str) -> list[tuple[str, str, int, int]]:
 
 
 def main(argv=None) -> int:
+    """`quantops bench` / `python -m quantops.bench`: argv as on the command line (default sys.argv[1:])."""
+    return run(parse_args(sys.argv[1:] if argv is None else argv))
+
+
+def run(args) -> int:
     from .schemes import get_scheme
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     plat = "cuda" if device.type == "cuda" else "cpu"
     quick_shapes, quick_m = QUICK[plat]
@@ -482,6 +490,14 @@ def main(argv=None) -> int:
     print(f"wrote {os.path.join(args.out, 'bench.csv')}")
     print(write_plot(results, os.path.join(args.out, "bench.png")))
     return 0
+
+
+def add_bench_parser(sub):
+    """The `bench` subcommand for quantops.cli (append it to SUBCOMMANDS): same options as main()."""
+    p = sub.add_parser("bench", help="time every kernel that runs here against bf16 F.linear",
+                       description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
 
 
 if __name__ == "__main__":

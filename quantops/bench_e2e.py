@@ -90,6 +90,7 @@ class Row:
     prefill: float | None = None  # tokens/s
     err_prefill: float | None = None  # relative L2 of the logits vs bf16 eager
     err_decode: float | None = None
+    err_kernel: float | None = None  # compiled quantops logits vs the same quantized model on EmulationKernel
     model_mib: float | None = None
     compile_s: float | None = None
     kernels: str = ""
@@ -397,6 +398,8 @@ def scheme_support(scheme: str, config, device: torch.device) -> tuple[str, str]
             sel = select_kernel(scheme, N=n, K=k, dtype=torch.bfloat16, device=device)
         except ValueError as e:
             return "skipped", f"{name} ({n}x{k}): {e}"
+        except Exception as e:  # a broken kernel module must cost one row, not the run
+            return "failed", f"kernel selection for {name} ({n}x{k}): {type(e).__name__}: {e}"
         plans.setdefault(sel.plan_str(), []).append(name)
         if any(cls.backend == "emulation" for _, cls in sel.plan):
             emulated.append(f"{name}: " + "; ".join(f"{kn}: {why}" for kn, why in sel.rejected[:4]))
@@ -439,17 +442,20 @@ def torchao_config(variant: str):
     if variant == "torchao-fp8-row":
         return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
     if variant == "torchao-int4":  # the default packing ("plain"): mslk's bf16i4bf16 kernels on H100
+        if importlib.util.find_spec("mslk") is None:
+            raise _Skip("torchao 0.17's default int4 packing (plain) runs on mslk, which is not installed "
+                        "(the torchao-int4-tinygemm row is its other CUDA packing)")
         return Int4WeightOnlyConfig(group_size=128, set_inductor_config=False)
     if variant == "torchao-int4-tinygemm":  # PyTorch's own tinygemm kernel (aten._weight_int4pack_mm)
-        return Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d", set_inductor_config=False)
+        from torchao.quantization.quantize_.workflows import Int4PackingFormat
+
+        return Int4WeightOnlyConfig(group_size=128, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D,
+                                    set_inductor_config=False)
     raise ValueError(f"unknown torchao variant {variant!r}")
 
 
 def quantize_torchao(model, variant: str, args) -> str:
     cfg = torchao_config(variant)
-    if variant == "torchao-int4" and importlib.util.find_spec("mslk") is None:
-        raise _Skip("torchao 0.17's default int4 packing runs on mslk, which is not installed "
-                    "(see the torchao-int4-tinygemm row)")
     from torchao.quantization import quantize_
 
     def wanted(mod, fqn):
@@ -475,8 +481,8 @@ def run_variant(variant: str, config, device, inputs: Inputs, refs: dict, args, 
     notes = [backend_note] if backend_note else []
     if method == "quantops":
         status, kernels = scheme_support(variant, config, device)
-        if status == "skipped":
-            row.status, row.note = "skipped", kernels
+        if status in ("skipped", "failed"):
+            row.status, row.note = status, kernels
             return row
         row.kernels = kernels
         if status == "emulated":
@@ -506,25 +512,23 @@ def run_variant(variant: str, config, device, inputs: Inputs, refs: dict, args, 
         else:
             fn = torch.compile(model, backend=compile_backend, mode=args.mode, dynamic=args.dynamic,
                                fullgraph=args.fullgraph)
-        compile_s = 0.0
+        compile_s, outputs = 0.0, {}  # outputs: the first logits of the largest-batch decode and of prefill
         for b in args.batch_sizes:
-            tps, first, warm = decode_phase(model, fn, b, inputs, args, clock, steps=args.decode_steps)
-            row.decode[b] = tps
+            row.decode[b], outputs["decode"], warm = decode_phase(model, fn, b, inputs, args, clock, steps=args.decode_steps)
             compile_s += warm
-            if b == max(args.batch_sizes) and "decode" in refs:
-                row.err_decode = rel_l2(first, refs["decode"])
-        row.prefill, first, warm = prefill_phase(model, fn, inputs, args, clock, reps=args.prefill_reps)
-        compile_s += warm
-        row.compile_s = compile_s
-        if "prefill" in refs:
-            row.err_prefill = rel_l2(first, refs["prefill"])
-        for v in list(row.decode.values()) + [row.prefill, row.err_prefill, row.err_decode]:
-            if v is not None and not math.isfinite(v):
-                raise FloatingPointError(f"non-finite result {v}")
+        row.prefill, outputs["prefill"], warm = prefill_phase(model, fn, inputs, args, clock, reps=args.prefill_reps)
+        row.compile_s = compile_s + warm
+        if refs:
+            row.err_prefill = rel_l2(outputs["prefill"], refs["prefill"])
+            row.err_decode = rel_l2(outputs["decode"], refs["decode"])
         if method == "quantops":
             row.kernels = compiled_kernels(model, args) or row.kernels
+            row.err_kernel = kernel_error(model, inputs, args, clock, outputs)
+        for v in list(row.decode.values()) + [row.prefill, row.err_prefill, row.err_decode, row.err_kernel]:
+            if v is not None and not math.isfinite(v):
+                raise FloatingPointError(f"non-finite result {v}")
         if not args.eager:
-            notes.append(compile_stats())
+            notes.append(compile_stats(device))
     except _Skip as e:
         row.status, notes = "skipped", notes + [str(e)]
     except Exception as e:
@@ -539,12 +543,33 @@ def run_variant(variant: str, config, device, inputs: Inputs, refs: dict, args, 
     return row
 
 
-def compile_stats() -> str:
-    """Graphs Dynamo compiled for this variant and CUDA graph skips (then resets the counters)."""
+def kernel_error(model, inputs: Inputs, args, clock: Clock, outputs: dict) -> float:
+    """Relative L2 of the benchmarked (compiled) logits against the same quantized model run eagerly on every
+    layer's EmulationKernel: the kernels' own error, apart from the scheme's quantization error (which random
+    weights amplify through the layers; see err_prefill/err_decode)."""
+    from quantops import QuantizedLinear
+
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    saved = [m.linear_backend for m in layers]
+    try:
+        for m in layers:
+            m.linear_backend = "emulation"
+            m._cache.clear()
+        _, emu_prefill, _ = prefill_phase(model, model, inputs, args, clock, reps=0)
+        _, emu_decode, _ = decode_phase(model, model, max(args.batch_sizes), inputs, args, clock, steps=0)
+    finally:
+        for m, lb in zip(layers, saved):
+            m.linear_backend = lb
+            m._cache.clear()
+    return max(rel_l2(outputs["prefill"], emu_prefill), rel_l2(outputs["decode"], emu_decode))
+
+
+def compile_stats(device: torch.device) -> str:
+    """Graphs Dynamo compiled for this variant and, on a GPU, CUDA graph skips (then resets the counters)."""
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"].get("unique_graphs", 0)
-    skips = sum(counters["inductor"].get(k, 0) for k in ("cudagraph_skips",))
+    skips = counters["inductor"].get("cudagraph_skips", 0) if device.type == "cuda" else 0
     counters.clear()
     return f"{graphs} graphs" + (f", {skips} CUDA graph skips" if skips else "")
 
@@ -613,7 +638,7 @@ def table_rows(rows: list[Row], batch_sizes, projected: bool):
     for b in batch_sizes:
         header += [f"decode bs{b} tok/s", f"x bf16 (bs{b})"]
     header += ["prefill tok/s", "x bf16 (prefill)", "logits rel L2 (prefill)", "logits rel L2 (decode)",
-               "memory MiB", "compile+warmup s"]
+               "kernel rel L2 vs emulation", "memory MiB", "compile+warmup s"]
     if projected:
         header += [f"proj. decode bs{b} tok/s" for b in batch_sizes] + ["proj. prefill tok/s"]
     header += ["kernels", "note"]
@@ -626,7 +651,7 @@ def table_rows(rows: list[Row], batch_sizes, projected: bool):
             line += [_fmt(v), _fmt(v / bv, ".2f") if v and bv else ""]
         line += [_fmt(r.prefill, ".0f"),
                  _fmt(r.prefill / base.prefill, ".2f") if r.prefill and base and base.prefill else "",
-                 _fmt(r.err_prefill, ".2e"), _fmt(r.err_decode, ".2e"), _fmt(r.model_mib, ".1f"),
+                 _fmt(r.err_prefill, ".2e"), _fmt(r.err_decode, ".2e"), _fmt(r.err_kernel, ".2e"), _fmt(r.model_mib, ".1f"),
                  _fmt(r.compile_s, ".0f")]
         if projected:
             line += [_fmt(r.projected.get(f"decode_bs{b}")) for b in batch_sizes] + [_fmt(r.projected.get("prefill"), ".0f")]
@@ -656,9 +681,14 @@ def markdown(table, env: dict, args, title: str) -> str:
     for line in table[1:]:
         lines.append("| " + " | ".join(str(line[i]) for i in keep) + " |")
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items() if v and k not in ("date",)), ""]
-    lines += [f"- {line[0]}: {line[-2]} {('-- ' + line[-1]) if line[-1] else ''}".rstrip() for line in table[1:]
+    lines += [f"- {line[0]}: " + " -- ".join(s for s in (line[-2], line[-1]) if s) for line in table[1:]
               if line[-2] or line[-1]]
-    lines += ["", f"Command: `python -m quantops.bench_e2e {' '.join(args.argv)}`", ""]
+    lines += ["", "Logits errors are relative L2 norms against the bf16 model run eagerly on the same tokens (prefill: "
+              "the prompt's last position; decode: the first step at the largest batch). Random weights make the "
+              "model chaotic, so small differences grow through the layers (the bf16 compiled row shows how much "
+              "rounding alone moves); compare schemes with each other. 'kernel rel L2 vs emulation' compares the "
+              "compiled quantops model with the same quantized weights run on the EmulationKernel reference.",
+              "", f"Command: `python -m quantops.bench_e2e {' '.join(args.argv)}`", ""]
     return "\n".join(lines)
 
 
@@ -704,7 +734,8 @@ def chart(rows: list[Row], batch_sizes, path: str, title: str) -> str | None:
 
 def write_csv(rows: list[Row], batch_sizes, path: str, meta: dict):
     cols = (["variant", "method", "backend", "status"] + [f"decode_bs{b}_tok_s" for b in batch_sizes]
-            + ["prefill_tok_s", "logits_rel_l2_prefill", "logits_rel_l2_decode", "memory_mib", "compile_warmup_s"]
+            + ["prefill_tok_s", "logits_rel_l2_prefill", "logits_rel_l2_decode", "kernel_rel_l2_vs_emulation",
+               "memory_mib", "compile_warmup_s"]
             + [f"projected_decode_bs{b}_tok_s" for b in batch_sizes] + ["projected_prefill_tok_s"]
             + ["layers", "full_layers", "prefill_len", "device", "torch", "kernels", "note"])
     with open(path, "w", newline="") as f:
@@ -713,7 +744,7 @@ def write_csv(rows: list[Row], batch_sizes, path: str, meta: dict):
         for r in rows:
             w.writerow([r.variant, r.method, r.backend, r.status]
                        + [_fmt(r.decode.get(b), ".3f") for b in batch_sizes]
-                       + [_fmt(r.prefill, ".3f"), _fmt(r.err_prefill, ".4e"), _fmt(r.err_decode, ".4e"),
+                       + [_fmt(r.prefill, ".3f"), _fmt(r.err_prefill, ".4e"), _fmt(r.err_decode, ".4e"), _fmt(r.err_kernel, ".4e"),
                           _fmt(r.model_mib, ".3f"), _fmt(r.compile_s, ".1f")]
                        + [_fmt(r.projected.get(f"decode_bs{b}"), ".3f") for b in batch_sizes]
                        + [_fmt(r.projected.get("prefill"), ".3f")]
@@ -739,6 +770,14 @@ def goal_lines(rows: list[Row], projected: bool) -> list[str]:
         slower = [r.variant for r in by.values() if r.prefill and r.prefill < base.prefill and r.method == "quantops"]
         lines.append("no quantops scheme slower than bf16 in prefill: " + ("yes" if not slower else "NO: " + ", ".join(slower)))
     return lines
+
+
+def _print_row(row: Row, secs: float):
+    dec = ", ".join(f"bs{b} {_fmt(t)}" for b, t in row.decode.items())
+    print(f"  {row.variant:<22} {row.status:<10} decode {dec or '-'} | prefill {_fmt(row.prefill, '.0f') or '-'} tok/s | "
+          f"err {_fmt(row.err_prefill, '.2e') or '-'} / {_fmt(row.err_decode, '.2e') or '-'}"
+          + (f" (kernels vs emulation {row.err_kernel:.2e})" if row.err_kernel is not None else "") + f" | {secs:.0f} s"
+          + (f" | {row.note}" if row.note else ""), flush=True)
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -794,6 +833,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     base_cfg = TINY if args.tiny else LLAMA3_8B
     full = base_cfg["num_hidden_layers"]
@@ -815,6 +856,9 @@ def main(argv=None) -> int:
     variants = list(args.variants)
     if "bf16" not in variants:
         print("bench_e2e: no bf16 row: speed-ups and logits errors are not available", flush=True)
+    # below the full depth on a GPU: also time a one-layer bf16 model, to project every variant to the full depth
+    want_projection = args.project and 2 <= layers < full and device.type == "cuda" and not args.eager
+    one_layer = None
     for v in variants:
         if args.time_budget is not None and time.perf_counter() - t_start > args.time_budget:
             rows.append(Row(v, variant_method(v), status="skipped", note=f"time budget of {args.time_budget:.0f} s spent"))
@@ -822,21 +866,17 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         row = run_variant(v, config, device, inputs, refs, args, clock, backends)
         rows.append(row)
-        dec = ", ".join(f"bs{b} {_fmt(t)}" for b, t in row.decode.items())
-        print(f"  {v:<22} {row.status:<10} decode {dec or '-'} | prefill {_fmt(row.prefill, '.0f') or '-'} tok/s | "
-              f"err {_fmt(row.err_prefill, '.2e') or '-'} / {_fmt(row.err_decode, '.2e') or '-'} | "
-              f"{time.perf_counter() - t0:.0f} s {('| ' + row.note) if row.note else ''}", flush=True)
+        _print_row(row, time.perf_counter() - t0)
+        if v == "bf16" and row.status == "ok" and want_projection:
+            # the one-layer bf16 model: with the L-layer one, it separates fixed from per-layer cost
+            t0 = time.perf_counter()
+            one_layer = run_variant("bf16", llama_config(base_cfg, 1), device, inputs, {}, args, clock, backends)
+            one_layer.variant = "bf16 (1 layer)"
+            _print_row(one_layer, time.perf_counter() - t0)
     projected = False
-    if args.project and layers < full and layers >= 2 and device.type == "cuda" and not args.eager:
-        if any(r.variant == "bf16" and r.status == "ok" for r in rows):
-            one = run_variant("bf16", llama_config(base_cfg, 1), device, inputs, {}, args, clock, backends)
-            if one.status == "ok":
-                project(rows, one, layers, full)
-                projected = True
-                print(f"  projection to {full} layers from a 1-layer bf16 run: decode "
-                      + ", ".join(f"bs{b} {_fmt(t)}" for b, t in one.decode.items()) + f", prefill {_fmt(one.prefill, '.0f')}", flush=True)
-            else:
-                print(f"  no projection: the 1-layer bf16 run {one.status}: {one.note}", flush=True)
+    if one_layer is not None and one_layer.status == "ok":
+        project(rows, one_layer, layers, full)
+        projected = True
 
     table = table_rows(rows, args.batch_sizes, projected)
     meta = dict(layers=layers, full_layers=full, prefill_len=args.prefill_len, device=device_label(env), torch=env["torch"])
@@ -846,6 +886,9 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "e2e.md"), "w") as f:
         f.write(markdown(table, env, args, md_title))
         f.write("\nGoals (issue 8; full-depth figures are the targets):\n\n" + "\n".join(f"- {g}" for g in goal_lines(rows, projected)) + "\n")
+    if one_layer is not None:
+        env["projection_one_layer_bf16"] = dict(status=one_layer.status, decode_tok_s=one_layer.decode,
+                                                 prefill_tok_s=one_layer.prefill, note=one_layer.note)
     env.update(dict(layers=layers, full_layers=full, args=args.argv, backend_for_schemes=backends[1] or None,
                     compile_mode=args.mode, dynamic=args.dynamic, fullgraph=args.fullgraph))
     with open(os.path.join(args.out, "e2e_env.json"), "w") as f:

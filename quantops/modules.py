@@ -9,6 +9,7 @@ time (the forward then emits the generic `quantops::quantized_linear` op for the
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from . import formats
-from .kernels.registry import select_kernel
+from .kernels.registry import ENV_BACKEND, ENV_BATCH_INVARIANT, ENV_DISABLED, _names, select_kernel
 from .schemes import QuantScheme, get_scheme
 
 
@@ -50,7 +51,7 @@ class QuantizedLinear(nn.Module):
         if "weight_shape" in self._parameters:
             self.weight_shape.data.copy_(torch.tensor([out_features, in_features]))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
-        self._validated = False
+        self._validated = None  # stamp of the tensors last validated
         self._cache: dict = {}
         self.register_load_state_dict_post_hook(_after_load)
 
@@ -69,7 +70,7 @@ class QuantizedLinear(nn.Module):
             mod._parameters[tname] = nn.Parameter(t, requires_grad=False)
         if bias is not None:
             mod.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
-        mod._validated = True
+        mod._validated = mod._stamp()
         return mod
 
     @classmethod
@@ -102,7 +103,13 @@ class QuantizedLinear(nn.Module):
         formats.validate_tensors(self.quant_tensors(), self.scheme, self.out_features, self.in_features, where=self.layer_name)
         if self.bias is not None and self.bias.shape != (self.out_features,):
             raise ValueError(f"{self.layer_name}: bias has shape {tuple(self.bias.shape)}, expected ({self.out_features},)")
-        self._validated = True
+        self._validated = self._stamp()
+
+    def _stamp(self):
+        """Identity and version of the quantized tensors: any change (load, in-place edit, .to) changes it.
+        (Inference-mode tensors have no version counter: their identity alone.)"""
+        return tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype)
+                     for t in self.quant_tensors().values())
 
     def selection(self, device=None, m: int | None = None):
         """The registry's choice for this layer on `device` (default: where its weights are)."""
@@ -128,15 +135,20 @@ class QuantizedLinear(nn.Module):
             tensors = list(self.quant_tensors().values())
             return torch.ops.quantops.quantized_linear(
                 x, tensors, self.bias, self.scheme.key(), self.out_features, self.in_features)
-        if not self._validated:
+        stamp = self._stamp()
+        if self._validated != stamp:  # first call, or the tensors changed since: check them before any kernel
             self.validate()
-        kernel, prepared = self._kernel_for(x)
+        kernel, prepared = self._kernel_for(x, stamp)
         return kernel.apply(x, prepared, self.bias)
 
-    def _kernel_for(self, x):
+    def _kernel_for(self, x, stamp=None):
+        """(kernel, prepared tensors) for this input: selected and prepared once, then cached until the tensors,
+        the device/dtype or the overrides change."""
         tensors = self.quant_tensors()
-        stamp = tuple((t.data_ptr(), t._version) for t in tensors.values())
-        key = (x.device, self.linear_backend, self.disabled_kernels)
+        stamp = self._stamp() if stamp is None else stamp
+        # the environment overrides are part of the key: changing them changes the choice, as in select_kernel
+        env = tuple(os.environ.get(v) for v in (ENV_BACKEND, ENV_DISABLED, ENV_BATCH_INVARIANT))
+        key = (x.device, x.dtype, self.linear_backend, self.disabled_kernels, env)
         entry = self._cache.get(key)
         if entry is None or entry[0] != stamp:
             entry = (stamp, self.selection(x.device), {})
@@ -188,7 +200,11 @@ class QuantizedLinear(nn.Module):
         for name, p in self._parameters.items():
             if p is None:
                 continue
-            p.data = fn(p.data) if name == "bias" else p.data.to(probe.device)
+            new = fn(p.data) if name == "bias" else p.data.to(probe.device)
+            if torch._has_compatible_shallow_copy_type(p.data, new):
+                p.data = new
+            else:  # e.g. to the meta device: a new Parameter, as nn.Module._apply makes
+                self._parameters[name] = nn.Parameter(new, requires_grad=False)
         self.dtype = probe.dtype
         self._cache.clear()
         return self
@@ -324,7 +340,7 @@ def quantize_model(
             report.skipped[path] = "not reached by the calibration data"
             continue
         q = QuantizedLinear.from_float(mod, scheme, input_amax=input_amax, name=path, device=device)
-        q.linear_backend, q.disabled_kernels = linear_backend, tuple(disabled_kernels or ())
+        q.linear_backend, q.disabled_kernels = linear_backend, tuple(sorted(_names(disabled_kernels)))
         _set_submodule(model, path, q)
         report.quantized.append(path)
     model._quantops_report = report
@@ -351,7 +367,8 @@ def load_quantized_state_dict(model: nn.Module, state_dict, scheme: "str | Quant
         prefix = f"{path}." if path else ""
         names = formats.tensor_specs(scheme, mod.out_features, mod.in_features) if not formats.representable(
             scheme, mod.out_features, mod.in_features) else {}
-        if not names or not any(prefix + name in state_dict for name in names):
+        # "weight" is also a float layer's key (FP8/INT8/MXFP8 keep that name): judge by the other tensors
+        if not names or not any(prefix + name in state_dict for name in names if name != "weight"):
             report.skipped[path] = "float in the checkpoint"
             continue
         missing = [prefix + name for name in names if prefix + name not in state_dict]

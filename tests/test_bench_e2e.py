@@ -49,6 +49,9 @@ def test_compiled_tiny_model(tmp_path, capsys):
     for col in ("logits_rel_l2_prefill", "logits_rel_l2_decode"):
         assert 1e-4 < float(w8a8[col]) < 0.2, (col, w8a8[col])
     assert "M=1:" in w8a8["kernels"] and "M=8:" in w8a8["kernels"]
+    # the compiled quantops model against the same weights on the EmulationKernel: rounding only
+    assert 0 <= float(w8a8["kernel_rel_l2_vs_emulation"]) < 2e-2
+    assert bf16["kernel_rel_l2_vs_emulation"] == ""
     # torchao is not a dependency: a row that says so, or a measured row where it is installed
     ao = rows["torchao-fp8-row"]
     assert ao["status"] in ("unavailable", "ok", "failed")

@@ -27,9 +27,9 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from test_checkpoint_helpers import (  # noqa: E402
     ct_decompress,
-    ct_module_weights,
     input_ids,
     make_ct_checkpoint,
+    tiny_config,
     tiny_llama,
 )
 
@@ -41,17 +41,33 @@ from quantops.schemes import PRESETS  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-# Our eager model runs bf16 activations through fp32 emulation; compressed-tensors' reference fake-quantizes in
-# bf16 and multiplies in bf16. Both quantize the same activations, so the logits differ by bf16 rounding plus
-# the occasional activation that lands on the other side of a rounding boundary: within 3% of the logits'
-# range (FP4 activations: 6%), and highly correlated.
-def assert_logits_close(out, ref, scheme):
-    out, ref = out.float(), ref.float()
-    tol = 0.06 if scheme.act in ("nvfp4", "mxfp4") else 0.03
+def assert_logits_close(path, ids, ref, scheme, model=None):
+    """Loaded in fp32, our logits equal compressed-tensors' fake-quantized forward (fp32, exact dequantized
+    weights) up to summation order: both quantize the same activations the same way. The exception is dynamic
+    int8 activations, where compressed-tensors' reference scale is amax/127.5 and quantops' (vLLM's) amax/127.
+    Loaded in bf16 (the checkpoint's dtype) the hidden states are rounded to bf16 between layers, and in this
+    small random model a few activations then land on the other side of a rounding boundary: the logits stay
+    highly correlated (FP4 activations, whose steps are coarse, less so)."""
+    with torch.no_grad():
+        _assert_logits_close(path, ids, ref, scheme, model)
+
+
+def _assert_logits_close(path, ids, ref, scheme, model):
+    out32 = quantops.load_pretrained(path, dtype=torch.float32)(ids).logits
+    tol, min_cos = (0.05, 0.999) if (scheme.act == "int8" and scheme.act_dynamic) else (1e-4, 0.999999)
+    _close(out32, ref, tol, min_cos, scheme.key() + " fp32")
+    out = (model or quantops.load_pretrained(path))(ids).logits
+    assert out.dtype == torch.bfloat16
+    fp4_act = scheme.act in ("nvfp4", "mxfp4")
+    _close(out, ref, 0.5 if fp4_act else 0.15, 0.95 if fp4_act else 0.995, scheme.key() + " bf16")
+
+
+def _close(out, ref, tol, min_cos, what):
+    out, ref = out.detach().float(), ref.float()
     err = (out - ref).abs().max().item()
-    assert err <= tol * ref.abs().max().item(), f"{scheme.key()}: max |logits - ref| {err:.4g} vs |ref| {ref.abs().max():.4g}"
+    assert err <= tol * ref.abs().max().item(), f"{what}: max |logits - ref| {err:.4g} vs max |ref| {ref.abs().max():.4g}"
     cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()
-    assert cos > 0.998, f"{scheme.key()}: cosine {cos}"
+    assert cos >= min_cos, f"{what}: cosine similarity {cos}"
 
 
 def check_weights(model, ct_weights: dict[str, torch.Tensor]):
@@ -69,29 +85,26 @@ CT_PRESETS = ["FP8_DYNAMIC", "FP8", "FP8_BLOCK", "W8A8", "W4A16", "W4A16_ASYM", 
 
 @pytest.mark.parametrize("preset", CT_PRESETS)
 def test_load_compressed_tensors_preset(tmp_path, preset):
-    ct_model, ids, ref = make_ct_checkpoint(tmp_path, preset)
+    weights, ids, ref = make_ct_checkpoint(tmp_path, preset)
     model = quantops.load_pretrained(tmp_path)
     expected = get_scheme(preset)
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert len(layers) == 14 and all(m.scheme == expected for m in layers)
-    assert isinstance(model.lm_head, nn.Linear) and not isinstance(model.lm_head, QuantizedLinear)  # ignored
-    check_weights(model, ct_module_weights(ct_model))
-    with torch.no_grad():
-        out = model(ids).logits
-    assert out.dtype == torch.bfloat16
-    assert_logits_close(out, ref, expected)
+    assert type(model.lm_head) is nn.Linear  # ignored
+    check_weights(model, weights)
+    assert_logits_close(tmp_path, ids, ref, expected, model)
 
 
 def test_nvfp4_fused_layers_share_global_scale(tmp_path):
     """llm-compressor gives q/k/v (and gate/up) one global scale; each layer loads it and dequantizes right."""
-    ct_model, ids, ref = make_ct_checkpoint(tmp_path, "NVFP4")
+    weights, ids, ref = make_ct_checkpoint(tmp_path, "NVFP4")
     model = quantops.load_pretrained(tmp_path)
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     gs = [attn.q_proj.weight_global_scale, attn.k_proj.weight_global_scale, attn.v_proj.weight_global_scale]
     assert all(torch.equal(g, gs[0]) for g in gs)
     assert torch.equal(mlp.gate_proj.weight_global_scale, mlp.up_proj.weight_global_scale)
     assert not torch.equal(attn.q_proj.weight_global_scale, attn.o_proj.weight_global_scale)
-    check_weights(model, ct_module_weights(ct_model))
+    check_weights(model, weights)
 
 
 def _args(**kw):
@@ -124,12 +137,11 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_load_compressed_tensors_variant(tmp_path, variant):
     group, expected = VARIANTS[variant]
-    ct_model, ids, ref = make_ct_checkpoint(tmp_path, {"group_0": QuantizationScheme(targets=["Linear"], **group)})
+    weights, ids, ref = make_ct_checkpoint(tmp_path, {"group_0": QuantizationScheme(targets=["Linear"], **group)})
     model = quantops.load_pretrained(tmp_path)
     assert {m.scheme for m in model.modules() if isinstance(m, QuantizedLinear)} == {expected}
-    check_weights(model, ct_module_weights(ct_model))
-    with torch.no_grad():
-        assert_logits_close(model(ids).logits, ref, expected)
+    check_weights(model, weights)
+    assert_logits_close(tmp_path, ids, ref, expected, model)
 
 
 def test_mixed_precision_and_ignore_patterns(tmp_path):
@@ -137,13 +149,13 @@ def test_mixed_precision_and_ignore_patterns(tmp_path):
     names = [f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")]
     groups = {
         "attn": QuantizationScheme(targets=[r"re:.*self_attn\.(q|k|v|o)_proj$"],
-                                   weights=_args(num_bits=8, type="int", strategy="channel"),
-                                   input_activations=_args(num_bits=8, type="int", strategy="token", dynamic=True)),
+                                   weights=_args(num_bits=8, type="float", strategy="channel"),
+                                   input_activations=_args(num_bits=8, type="float", strategy="token", dynamic=True)),
         "mlp": QuantizationScheme(targets=names, **{k: v for k, v in
                                   __import__("compressed_tensors.quantization.quant_scheme", fromlist=["NVFP4"]).NVFP4.items()}),
     }
     ignore = ["lm_head", r"re:.*layers\.1\.mlp\.down_proj$"]
-    ct_model, ids, ref = make_ct_checkpoint(tmp_path, groups, ignore=ignore)
+    weights, ids, ref = make_ct_checkpoint(tmp_path, groups, ignore=ignore)
     qcfg = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert qcfg["format"] == "mixed-precision"
     model = quantops.load_pretrained(tmp_path)
@@ -153,12 +165,11 @@ def test_mixed_precision_and_ignore_patterns(tmp_path):
         if name in ("lm_head", "model.layers.1.mlp.down_proj"):
             assert type(m) is nn.Linear, name
         elif "self_attn" in name:
-            assert m.scheme == get_scheme("W8A8"), name
+            assert m.scheme == get_scheme("FP8_DYNAMIC"), name
         else:
             assert m.scheme == get_scheme("NVFP4"), name
-    check_weights(model, ct_module_weights(ct_model))
-    with torch.no_grad():
-        assert_logits_close(model(ids).logits, ref, get_scheme("NVFP4"))
+    check_weights(model, weights)
+    assert_logits_close(tmp_path, ids, ref, get_scheme("NVFP4"), model)
 
 
 def test_scheme_config_round_trip():
@@ -205,18 +216,21 @@ def test_save_quantize_model_mixed_then_transformers_loads(tmp_path):
     + compressed-tensors load it and decompress every weight to exactly our dequantized weights."""
     model = tiny_llama(0)
     ids = input_ids()
-    quantops.quantize_model(model, "W4A16_ASYM", exclude=["lm_head", "re:.*mlp.*"])
+    # (symmetric: transformers 5.23 + compressed-tensors 0.20 cannot load asymmetric pack-quantized checkpoints,
+    # their own included: the meta-device compress leaves weight_zero_point unpacked)
+    quantops.quantize_model(model, get_scheme("W4A16", group_size=64), exclude=["lm_head", "re:.*mlp.*"])
     quantops.quantize_model(model, get_scheme("FP8_DYNAMIC"), exclude=["lm_head", "re:.*down_proj"])
     quantops.save_pretrained(model, tmp_path)
     qcfg = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert qcfg["format"] == "mixed-precision" and "model.layers.0.mlp.down_proj" in qcfg["ignore"]
     check_weights(model, _ct_weights_of_saved(tmp_path))
     hf = __import__("transformers").AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.bfloat16)
+    with torch.no_grad():
+        hf_logits = hf(ids).logits  # the first forward decompresses the model
+        _close(model(ids).logits, hf_logits, 0.15, 0.995, "transformers-loaded")
     for name, m in model.named_modules():
         if isinstance(m, QuantizedLinear):
             assert torch.equal(hf.get_submodule(name).weight, m.dequantize(torch.bfloat16)), name
-    with torch.no_grad():
-        assert_logits_close(model(ids).logits, hf(ids).logits, get_scheme("FP8_DYNAMIC"))
 
 
 def test_save_actorder_round_trip(tmp_path):
@@ -374,9 +388,13 @@ MEMORY_SCRIPT = textwrap.dedent("""
     before = rss("VmRSS:")
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
     model = quantops.load_pretrained(sys.argv[1])
-    peak = rss("VmHWM:")
-    assert sum(isinstance(m, quantops.QuantizedLinear) for m in model.modules()) == 21
-    print(json.dumps({"peak_delta": peak - before}))
+    loaded = rss("VmHWM:")
+    layers = [m for m in model.modules() if isinstance(m, quantops.QuantizedLinear)]
+    assert len(layers) == 42
+    # read every page of every packed weight (one int32 in each 2 KB: no temporary as large as a weight)
+    total = sum(int(m.weight_packed.view(-1)[::512].sum()) for m in layers)
+    read = rss("VmHWM:")
+    print(json.dumps({"loaded": loaded - before, "read": read - before}))
 """)
 
 
@@ -385,7 +403,7 @@ def test_peak_memory_near_checkpoint_size(tmp_path):
     resident memory by about the checkpoint's size, not the float model's."""
     from quantops.formats import tensor_specs
 
-    cfg = tiny_llama(0, hidden=1024, intermediate=4096, layers=3).config  # config only: the float weights are
+    cfg = tiny_config(hidden=1024, intermediate=4096, layers=6)  # config only: the float weights are
     scheme = get_scheme("W4A16")                                             # never built here either
     tensors, float_bytes = {}, 0
     g = torch.Generator().manual_seed(0)
@@ -416,7 +434,12 @@ def test_peak_memory_near_checkpoint_size(tmp_path):
     out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path)], capture_output=True, text=True,
                          timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0, out.stderr[-3000:]
-    delta = json.loads(out.stdout.strip().splitlines()[-1])["peak_delta"]
+    peak = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"checkpoint {ckpt_bytes / 1e6:.1f} MB, float model {float_bytes / 1e6:.1f} MB, peak RSS "
+          f"+{peak['loaded'] / 1e6:.1f} MB after loading, +{peak['read'] / 1e6:.1f} MB after reading every weight")
     assert ckpt_bytes > 40e6 and float_bytes > 3.5 * ckpt_bytes
-    # the mapped checkpoint pages plus small change (Python objects, the RoPE table): far below the float model
-    assert delta < 1.25 * ckpt_bytes + 16e6, f"peak grew {delta / 1e6:.1f} MB for a {ckpt_bytes / 1e6:.1f} MB checkpoint"
+    # loading maps the files and reads only what it validates (scales, float tensors); reading every weight
+    # then brings in the rest of the mapped pages: the checkpoint's size plus small change, far below the
+    # float model's size
+    assert peak["loaded"] < 1.25 * ckpt_bytes + 16e6, peak
+    assert 0.8 * ckpt_bytes < peak["read"] < 1.25 * ckpt_bytes + 16e6, peak

@@ -50,7 +50,8 @@ def tiny_config(hidden=128, intermediate=256, layers=2, tie=False, vocab=VOCAB) 
 
 def tiny_llama(seed=0, dtype=torch.bfloat16, **kw) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(**kw)).to(dtype)
+    # built in `dtype` as from_pretrained builds it: the RoPE buffer stays fp32 (a .to(bf16) would round it)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(**kw), dtype=dtype)
     return model.eval()
 
 
@@ -136,21 +137,35 @@ def ct_calibrate(model, ids):
 
 
 def make_ct_checkpoint(path, groups, ignore=("lm_head",), seed=0, **model_kw):
-    """groups: a preset name, or {group name: QuantizationScheme}. Returns (compressed model, ids, reference
-    logits of compressed-tensors' fake-quantized forward)."""
+    """groups: a preset name, or {group name: QuantizationScheme}. Writes the checkpoint and returns
+    (compressed-tensors' decompression of every quantized layer, ids, reference logits).
+
+    The reference is compressed-tensors' own forward of the decompressed model in fp32 (its activations
+    fake-quantized by compressed-tensors), with each weight decompressed from fp32 scales, so that it is the
+    exact dequantized weight rather than that weight rounded to bf16."""
     model = tiny_llama(seed, **model_kw)
     if isinstance(groups, str):
         groups = {"group_0": preset_name_to_scheme(groups, ["Linear"])}
     apply_quantization_config(model, QuantizationConfig(config_groups=groups, ignore=list(ignore)), show_progress=False)
     ids = input_ids()
     ct_calibrate(model, ids)
-    with torch.no_grad():
-        ref = model(ids).logits.float()
     compressor = ModelCompressor.from_pretrained_model(model)
     compressor.compress_model(model)
     model.save_pretrained(str(path))
     compressor.update_config(str(path))
-    return model, ids, ref
+    weights, exact = {}, {}
+    for name, m in model.named_modules():
+        if getattr(m, "quantization_scheme", None) is not None:
+            sd = get_direct_state_dict(m)
+            weights[name] = ct_decompress(sd, m.quantization_scheme)
+            exact[name] = ct_decompress_fp32(sd, m.quantization_scheme)
+    compressor.decompress_model(model)
+    model.float()
+    for name, w in exact.items():
+        model.get_submodule(name).weight.data = w
+    with torch.no_grad():
+        ref = model(ids).logits.float()
+    return weights, ids, ref
 
 
 def ct_decompress(state_dict: dict, scheme) -> torch.Tensor:
@@ -159,13 +174,26 @@ def ct_decompress(state_dict: dict, scheme) -> torch.Tensor:
     return BaseCompressor.get_value_from_registry(fmt).decompress(dict(state_dict), scheme)["weight"]
 
 
-def ct_module_weights(model) -> dict[str, torch.Tensor]:
-    """compressed-tensors' decompression of every quantized module of a compressed model."""
-    out = {}
-    for name, m in model.named_modules():
-        if getattr(m, "quantization_scheme", None) is not None:
-            out[name] = ct_decompress(get_direct_state_dict(m), m.quantization_scheme)
-    return out
+def ct_decompress_fp32(sd: dict, scheme) -> torch.Tensor:
+    """compressed-tensors' dequantization of one layer computed and returned in fp32 (its compressors round
+    FP4 and MX weights to bf16; the same functions with fp32 operands give the exact values)."""
+    from compressed_tensors.compressors.mx_utils import decompress_mx_scale
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+
+    fmt = scheme.format.value if hasattr(scheme.format, "value") else scheme.format
+    if fmt in ("nvfp4-pack-quantized", "mxfp4-pack-quantized", "mxfp8-quantized"):
+        if fmt == "mxfp8-quantized":
+            q = sd["weight"]
+        else:
+            p = sd["weight_packed"]
+            q = unpack_fp4_from_uint8(p, p.shape[0], p.shape[1] * 2, dtype=torch.float32)
+        scale = sd["weight_scale"]
+        scale = decompress_mx_scale(scale).float() if scale.dtype == torch.uint8 else scale.float()
+        return dequantize(x_q=q, scale=scale, args=scheme.weights, global_scale=sd.get("weight_global_scale"),
+                          dtype=torch.float32)
+    sd32 = {k: (v.float() if v is not None and v.dtype in (torch.bfloat16, torch.float16) else v) for k, v in sd.items()}
+    return ct_decompress(sd32, scheme).float()
 
 
 # -- ModelOpt ------------------------------------------------------------------------------------------

@@ -339,3 +339,23 @@ def test_e8m0_matches_ct_generate_mx_scales():
     for bits, emax in ((4, 2), (8, 8)):
         theirs = generate_mx_scales(amax, num_bits=bits)
         assert torch.equal(encode_e8m0(amax, emax).float(), theirs.clamp(0, 255))
+
+
+@pytest.mark.parametrize("name, n, k", [("NVFP4A16", 203, 64), ("MXFP4A16", 72, 96), ("MXFP8A16", 72, 96)])
+def test_fp32_dequantize_matches_ct_dequantize_in_fp32(name, n, k):
+    """The NVFP4/MX compressors return bf16, which hides the last fp32 bits; quantops' emulation dequantizes
+    in fp32. compressed-tensors' own `dequantize` run in fp32 (w = q * (scale / global_scale)) gives the same bits."""
+    from compressed_tensors.compressors.mx_utils import decompress_mx_scale
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+
+    s = get_scheme(name)
+    t = quantize_weight(random_weight(n, k, torch.bfloat16, seed=10), s)
+    if s.weight == "mxfp8":
+        q, scale, gs = t["weight"].float(), decompress_mx_scale(t["weight_scale"]).float(), None
+    else:
+        q = unpack_fp4_from_uint8(t["weight_packed"], n, k, dtype=torch.float32)
+        scale = t["weight_scale"].float() if s.weight == "nvfp4" else decompress_mx_scale(t["weight_scale"]).float()
+        gs = t.get("weight_global_scale")
+    theirs = dequantize(x_q=q, scale=scale, args=ct_weight_args(s), dtype=torch.float32, global_scale=gs)
+    assert torch.equal(dequantize_weight(t, s), theirs)

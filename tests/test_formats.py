@@ -215,6 +215,12 @@ def test_e8m0_clamps_and_zero_blocks():
     assert encode_e8m0(torch.tensor([1.8 * 2.0**127]), 0).item() == 254  # 255 would be NaN: clamped to 254
     assert encode_e8m0(torch.tensor([1.0]), 2).item() == 125
     assert encode_e8m0(torch.tensor([1.0]), 8).item() == 119
+    for name in ("MXFP4A16", "MXFP8A16"):  # a zero block in a weight: code 0 (2**-127), elements 0
+        w = random_weight(4, 64)
+        w[2, 32:] = 0
+        t = quantize_weight(w, name)
+        assert t["weight_scale"][2, 1].item() == 0 and t["weight_scale"][2, 0].item() > 0
+        assert not bool(dequantize_weight(t, name)[2, 32:].any())
 
 
 def test_mx_scale_keeps_the_block_within_the_element_range():

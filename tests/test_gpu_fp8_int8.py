@@ -1,7 +1,7 @@
 """FP8 / INT8 W8A8 kernels on a CUDA GPU (run on the GPU machine: pytest -m gpu tests/test_gpu_fp8_int8.py).
 
 Every kernel against its scheme's EmulationKernel (same activation quantizer, fp32 dequantized GEMM) on random
-inputs: aligned and odd N/K, M in {0, 1, 3, 16, 33, 128, 300}, 3-D inputs with a bias; then no host
+inputs: aligned and odd N/K, M in {0, 1, 3, 16, 33, 128, 300, 1024}, 3-D inputs with a bias; then no host
 synchronisation (torch.cuda.set_sync_debug_mode("error")), CUDA-graph capture/replay, torch.compile with CUDA
 graphs and no cudagraph skips, opcheck of every op, and the registry's choices on this GPU.
 
@@ -11,6 +11,8 @@ tensor cores is not IEEE fp32). A failure lists every case that failed, not just
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ from quantops.kernels.registry import device_capability, select_kernel
 pytestmark = pytest.mark.gpu
 
 TOL = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-MS = (0, 1, 3, 16, 33, 128, 300)
+MS = (0, 1, 3, 16, 33, 128, 300, 1024)
 SHAPES = [(256, 512), (200, 328), (2048, 4096)]
 
 FP8_TC = [("FP8", {}), ("FP8_DYNAMIC", {}), ("FP8_DYNAMIC", {"weight_strategy": "tensor"}),
@@ -38,7 +40,8 @@ BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
 CASES = {
     "cublas_fp8:Fp8ScaledMMKernel": (FP8_TC, (BF16,)),
     "cublas_fp8:Fp8BlockScaledMMKernel": (FP8_B, (BF16,)),
-    "fbgemm_fp8:Fp8FbgemmKernel": (FP8_TC, (BF16,)),
+    "fbgemm_fp8:Fp8RowwiseFbgemmKernel": (FP8_TC[1:4], (BF16,)),
+    "fbgemm_fp8:Fp8TensorwiseFbgemmKernel": (FP8_T, (BF16,)),
     "fbgemm_fp8:Fp8BlockScaledFbgemmKernel": (FP8_B, (BF16,)),
     "flashinfer_fp8:Fp8FlashInferKernel": (FP8_T, (BF16, F16)),
     "flashinfer_fp8:Fp8BlockScaledFlashInferKernel": (FP8_B, (BF16,)),
@@ -47,8 +50,11 @@ CASES = {
     "cublas_int8:Int8IntMMKernel": (INT8, (BF16, F16)),
     "triton_int8:Int8TritonKernel": (INT8, (BF16, F16)),
 }
-# tensor-wise cuBLAS also writes fp16 / fp32
-EXTRA_DTYPES = {("cublas_fp8:Fp8ScaledMMKernel", "FP8"): (F16, F32)}
+# QUANTOPS_GPU_KERNELS=substr,...: run the cases of those kernels only (a partial re-run on a short lease)
+if os.environ.get("QUANTOPS_GPU_KERNELS"):
+    CASES = {spec: v for spec, v in CASES.items() if any(s in spec for s in os.environ["QUANTOPS_GPU_KERNELS"].split(","))}
+# tensor-wise cuBLAS also writes fp16 / fp32 (per-tensor x per-tensor schemes only: row-wise is bf16-only)
+EXTRA_DTYPES = {("cublas_fp8:Fp8ScaledMMKernel", "FP8"): (F16, F32), ("cublas_fp8:Fp8ScaledMMKernel", "FP8{act_dynamic=True}"): (F16, F32)}
 
 
 def load(spec):
@@ -82,8 +88,9 @@ def x_for(scheme, m, k, dtype):
 def variants(spec):
     schemes, dtypes = CASES[spec]
     for preset, changes in schemes:
-        for dtype in dtypes + EXTRA_DTYPES.get((spec, preset), ()):
-            yield get_scheme(preset, **changes), dtype
+        scheme = get_scheme(preset, **changes)
+        for dtype in dtypes + EXTRA_DTYPES.get((spec, scheme.key()), ()):
+            yield scheme, dtype
 
 
 @pytest.fixture(scope="module")

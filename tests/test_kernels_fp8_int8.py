@@ -23,14 +23,19 @@ if not torch.cuda.is_available():
 
 from quantops.kernels.cublas_fp8 import Fp8BlockScaledMMKernel, Fp8ScaledMMKernel  # noqa: E402
 from quantops.kernels.cublas_int8 import Int8IntMMKernel  # noqa: E402
-from quantops.kernels.fbgemm_fp8 import Fp8BlockScaledFbgemmKernel, Fp8FbgemmKernel  # noqa: E402
+from quantops.kernels.fbgemm_fp8 import (  # noqa: E402
+    Fp8BlockScaledFbgemmKernel,
+    Fp8RowwiseFbgemmKernel,
+    Fp8TensorwiseFbgemmKernel,
+)
 from quantops.kernels.flashinfer_fp8 import Fp8BlockScaledFlashInferKernel, Fp8FlashInferKernel  # noqa: E402
 from quantops.kernels.triton_fp8 import Fp8TritonKernel  # noqa: E402
 from quantops.kernels.triton_fp8_blockscaled import Fp8BlockScaledTritonKernel  # noqa: E402
 from quantops.kernels.triton_int8 import Int8TritonKernel  # noqa: E402
 
 ALL_KERNELS = [
-    Fp8ScaledMMKernel, Fp8BlockScaledMMKernel, Fp8FbgemmKernel, Fp8BlockScaledFbgemmKernel, Fp8FlashInferKernel,
+    Fp8ScaledMMKernel, Fp8BlockScaledMMKernel, Fp8RowwiseFbgemmKernel, Fp8TensorwiseFbgemmKernel,
+    Fp8BlockScaledFbgemmKernel, Fp8FlashInferKernel,
     Fp8BlockScaledFlashInferKernel, Fp8TritonKernel, Fp8BlockScaledTritonKernel, Int8IntMMKernel, Int8TritonKernel,
 ]
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -116,6 +121,13 @@ def test_triton_fp8_split_k_half():
     check_against_emulation(Fp8TritonKernel, get_scheme("FP8_DYNAMIC"), 64, 2048, (3,), torch.float16)
 
 
+def test_triton_large_m_tiles():
+    # M > 512 takes the prefill tiles (256 tokens x 128 weight rows for FP8, 128 x 256 for INT8)
+    check_against_emulation(Fp8TritonKernel, get_scheme("FP8_DYNAMIC"), 136, 256, (600,), torch.float32)
+    check_against_emulation(Int8TritonKernel, get_scheme("W8A8", act_symmetric=False), 264, 256, (600,), torch.float32,
+                            shift=0.7)
+
+
 @pytest.mark.parametrize("preset,changes", INT8_VARIANTS)
 def test_triton_int8_vs_emulation(preset, changes):
     check_against_emulation(Int8TritonKernel, get_scheme(preset, **changes), 40, 72, (0, 1, 17), torch.float32, shift=0.7)
@@ -150,8 +162,8 @@ def test_prepare_pads_and_lays_out_scales():
     nb, kb = 2, 3
     w = tensors["weight"].view(torch.uint8)
 
-    p = Fp8BlockScaledMMKernel(cfg).prepare(tensors)  # N -> 208, K -> 384; scale rows padded to 4 blocks
-    assert p["weight"].shape == (208, 384) and p["weight"].dtype == torch.float8_e4m3fn
+    p = Fp8BlockScaledMMKernel(cfg).prepare(tensors)  # N -> 208, K -> 512 (K/128 a multiple of 4)
+    assert p["weight"].shape == (208, 512) and p["weight"].dtype == torch.float8_e4m3fn
     assert torch.equal(p["weight"].view(torch.uint8)[:200, :328], w)
     assert p["weight"].view(torch.uint8)[200:].eq(0).all() and p["weight"].view(torch.uint8)[:, 328:].eq(0).all()
     assert p["weight_scale"].shape == (nb, 4) and p["weight_scale"].dtype == torch.float32
@@ -173,13 +185,13 @@ def test_prepare_pads_and_lays_out_scales():
     p = Fp8ScaledMMKernel(cfg).prepare(tensors)
     assert p["weight"].shape == (48, 80) and p["weight_scale"].shape == (1, 48)
     assert torch.equal(p["weight_scale"][0, :40], tensors["weight_scale"].float().reshape(-1))
-    p = Fp8FbgemmKernel(cfg).prepare(tensors)
+    p = Fp8RowwiseFbgemmKernel(cfg).prepare(tensors)
     assert p["weight"].shape == (48, 80) and p["weight_scale"].shape == (48,)
 
     s = get_scheme("W8A8", act_symmetric=False)
     tensors, cfg = make_layer(s, 40, 72, torch.bfloat16)
     p = Int8TritonKernel(cfg).prepare(tensors)
-    assert p["weight"].shape == (128, 256) and p["weight_sum"].shape == (128,)
+    assert p["weight"].shape == (256, 256) and p["weight_sum"].shape == (256,)
     assert torch.equal(p["weight_sum"][:40], tensors["weight"].float().sum(1))
     p = Int8IntMMKernel(cfg).prepare(tensors)
     assert p["weight"].shape == (48, 80) and p["weight_sum"].shape == (1, 40)
@@ -219,7 +231,7 @@ def test_reasons():
     from quantops.kernels.registry import assume_libraries
 
     with assume_libraries(["triton"]):
-        assert "fbgemm not installed" in Fp8FbgemmKernel.is_supported((9, 0))[1]
+        assert "fbgemm not installed" in Fp8RowwiseFbgemmKernel.is_supported((9, 0))[1]
         assert "flashinfer not installed" in Fp8BlockScaledFlashInferKernel.is_supported((9, 0))[1]
         assert Fp8BlockScaledTritonKernel.is_supported((9, 0)) == (True, None)
     block = LinearConfig(get_scheme("FP8_BLOCK"), 256, 256, torch.bfloat16)
@@ -283,8 +295,8 @@ def test_fake_impls_shapes_and_strides():
 
 def test_apply_is_recordable_on_fx_proxies():
     """apply_2d may only branch on static facts: trace it symbolically with the prepared tensors as inputs."""
-    cases = [(Fp8ScaledMMKernel, "FP8"), (Fp8BlockScaledMMKernel, "FP8_BLOCK"), (Fp8FbgemmKernel, "FP8_DYNAMIC"),
-             (Fp8FbgemmKernel, "FP8"), (Fp8BlockScaledFbgemmKernel, "FP8_BLOCK"), (Fp8FlashInferKernel, "FP8"),
+    cases = [(Fp8ScaledMMKernel, "FP8"), (Fp8BlockScaledMMKernel, "FP8_BLOCK"), (Fp8RowwiseFbgemmKernel, "FP8_DYNAMIC"),
+             (Fp8TensorwiseFbgemmKernel, "FP8"), (Fp8BlockScaledFbgemmKernel, "FP8_BLOCK"), (Fp8FlashInferKernel, "FP8"),
              (Fp8BlockScaledFlashInferKernel, "FP8_BLOCK"), (Fp8TritonKernel, "FP8_DYNAMIC"),
              (Fp8BlockScaledTritonKernel, "FP8_BLOCK"), (Int8IntMMKernel, "W8A8"), (Int8TritonKernel, "W8A8")]
     for kcls, preset in cases:

@@ -5,8 +5,8 @@ plain torch, so Inductor fuses the quantizer with the op that produced x; the sc
 too. The asymmetric-activation option ((q - zp) * s) is exact in int32: acc - zp * colsum(W), with the weight's
 column sums computed once in prepare().
 
-Needs: the CPU; K <= 131072 (the int32 accumulator holds K * 128 * 127). `_int_mm` on the CPU takes any
-M (0 included), K and N: no padding or alignment (checked on torch 2.11 and 2.13).
+Needs: the CPU; K <= 131072 (K * 128 * 128 must fit the int32 accumulator). `_int_mm` on the CPU takes any
+M (0 included), K and N: no padding or alignment (checked on torch 2.13).
 Integer accumulation is exact and the epilogue is elementwise, so each output row is independent of the batch
 (batch-invariant) whenever the activation scales are per token or static.
 """
@@ -18,7 +18,7 @@ import torch
 from ..formats import quantize_activation
 from .base import OK, LinearConfig, LinearKernel, check_all, needs_cpu
 
-MAX_K = 131072  # K * |(-128) * (-128)| ... stays below 2**31 in the int32 accumulator
+MAX_K = 131072  # K * 128 * 128 stays below 2**31 in the int32 accumulator
 
 
 @torch.library.custom_op("quantops::int8_mm_cpu", mutates_args=())
@@ -69,7 +69,7 @@ class Int8IntMMCpuKernel(LinearKernel):
     def apply_2d(self, x, prepared, bias):
         xq, params = quantize_activation(x, self.scheme, self.config.k, prepared)
         acc = torch.ops.quantops.int8_mm_cpu(xq, prepared["weight_t"])
-        if len(params) == 2:  # asymmetric activations: x = (xq - zp) * s  =>  acc - zp * sum_k W[n, k]
+        if not self.scheme.act_symmetric:  # x = (xq - zp) * s  =>  sum_k x W = s * (acc - zp * sum_k W[n, k])
             acc = acc - params[1] * prepared["weight_colsum"]
         out = acc.float() * params[0] * prepared["weight_scale"]
         if bias is not None:

@@ -3,8 +3,8 @@
 Int8WeightOnlyCpuKernel: `torch._weight_int8pack_mm(x, w_int8 [N, K], scales [N])` computes x @ (w * s)^T.
 It takes ONE scale per output channel: per-channel schemes, or a group scheme whose group is all of K.
 The W8A16 preset (group 128) therefore runs on the emulation kernel unless K == 128; looping the op over
-groups was measured 30x slower than one call. In bf16 the op reads out of bounds when K is not a multiple of
-16 (wrong results or a crash on torch 2.13), so that case is refused.
+groups was measured 30x slower than one call. In bf16 the op gives wrong results or crashes (torch 2.13) when K
+is not a multiple of 16, so that case is refused.
 
 Int4WeightOnlyCpuKernel: `torch._convert_weight_to_int4pack_for_cpu` (prepare) and
 `torch._weight_int4pack_mm_for_cpu(x, packed, group, scale_and_zero [K/group, N, 2])`, whose dequantization is
@@ -14,8 +14,8 @@ a larger group (or per-channel) is expressed by repeating its scale over sub-gro
 prepare() and the output sliced inside the op. Act-order (weight_g_idx) is handled by sorting K by group in
 prepare() and gathering x's columns in the same order in plain torch.
 In fp32 both ops are per-row GEMVs, fast only for small M: the *Fp32Kernel classes take fp32 and are ranked
-for M <= 8 (see ranking.py). Both ops need contiguous x and scales in x's dtype; the zero (-zp * s) is therefore rounded to the
-activation dtype, one rounding of < 2^-8 relative in bf16.
+for M <= 8 (see ranking.py). Both ops need contiguous x and scales in x's dtype; the zero (-zp * s) is therefore
+rounded to the activation dtype, one rounding of < 2^-8 relative in bf16.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Int8WeightOnlyCpuKernel(LinearKernel):
             return False, (f"_weight_int8pack_mm takes one scale per output channel; {s.name} has groups of "
                            f"{s.group_size} along K={config.k}")
         if config.dtype == torch.bfloat16 and config.k % 16:
-            return False, f"bf16 _weight_int8pack_mm reads out of bounds unless K % 16 == 0 (K={config.k})"
+            return False, f"bf16 _weight_int8pack_mm is wrong (or crashes) unless K % 16 == 0 (K={config.k})"
         return OK
 
     def prepare(self, tensors):

@@ -6,10 +6,11 @@ with CUDA >= 12.9. cuBLAS wants K and N multiples of 16 (padded in prepare). Row
 scaling write bf16 only.
 
 Block-wise layouts (checked by torch before it calls cuBLASLt): the activation scale is [M, K/128] with
-strides (1, M) (M-major, built here from a [K/128, M] buffer); the weight scale is passed as the transpose
-of a [N/128, K/128] matrix whose row stride is K/128 rounded up to 4 blocks (cuBLASLt's alignment rule,
-enforced by torch >= 2.10). cuBLASLt fails for M = 1 on Hopper (torch 2.11 + CUDA 13.0), so M is padded to
-a multiple of 4 inside the op.
+strides (1, M) (M-major, built here from a [K/128, M] buffer); the weight scale is the transpose of a row-
+major [N/128, K/128] matrix. cuBLASLt wants the weight scale's K/128 rows padded to 4 blocks (it answers
+wrongly otherwise), while torch 2.11 insists on an unpadded row stride ("Invalid scaling configuration" for
+K = 328, seen on an H200): K is padded to a multiple of 512 so that both hold. cuBLASLt fails for M = 1 on
+Hopper (torch 2.11 + CUDA 13.0), so M is padded to a multiple of 4 inside the op.
 """
 
 from __future__ import annotations
@@ -130,18 +131,16 @@ def fp8_blockwise_scaled_mm(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """xq [M, Kp] e4m3 with x_scale_t [Kp/128, M] (one scale per token and 128-column group, stored
-    M-major); weight [Np, Kp] e4m3 with w_scale [ceil(Np/128), round_up(Kp/128, 4)] -> [M, n]."""
+    M-major); weight [Np, Kp] e4m3 with w_scale [ceil(Np/128), Kp/128] (Kp a multiple of 512) -> [M, n]."""
     m = xq.shape[0]
     if m == 0:
         return xq.new_empty((0, n), dtype=out_dtype)
-    kb = x_scale_t.shape[0]
     x_scale_t = x_scale_t.contiguous()  # [K/128, M] with unit stride along M (a no-op for apply_2d's tensor)
     mp = round_up(m, 4)
     if mp != m:  # cuBLASLt's block-scaled kernels fail for M = 1 on Hopper; keep M-major scales aligned
         xq = pad_2d(xq, mp, xq.shape[1])
         x_scale_t = torch.nn.functional.pad(x_scale_t, (0, mp - m), value=1.0)
-    out = torch._scaled_mm(
-        xq, weight.t(), scale_a=x_scale_t.t(), scale_b=w_scale[:, :kb].t(), out_dtype=out_dtype)
+    out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale_t.t(), scale_b=w_scale.t(), out_dtype=out_dtype)
     return out[:m, :n].contiguous()
 
 
@@ -172,14 +171,15 @@ class Fp8BlockScaledMMKernel(LinearKernel):
 
     def __init__(self, config):
         super().__init__(config)
-        self.np, self.kp = round_up(config.n, ALIGN), round_up(config.k, 128)
+        self.np, self.kp = round_up(config.n, ALIGN), round_up(config.k, 512)  # K/128 a multiple of 4
 
     def prepare(self, tensors):
         check_canonical(self.kernel_name(), self.config, tensors, ["weight", "weight_scale"])
         ws = tensors["weight_scale"].float()
         return {
             "weight": pad_2d(tensors["weight"], self.np, self.kp),
-            "weight_scale": pad_2d(ws, ws.shape[0], round_up(ws.shape[1], 4)),
+            # padded K blocks multiply zero weights and zero activations: their scale value does not matter
+            "weight_scale": pad_2d(ws, ws.shape[0], self.kp // 128).contiguous(),
         }
 
     def apply_2d(self, x, prepared, bias):

@@ -71,35 +71,25 @@ def _(xq, scale, weight, n):
     return xq.new_empty((xq.shape[0], n), dtype=torch.bfloat16)
 
 
-class Fp8FbgemmKernel(LinearKernel):
-    """FP8 per-channel / per-tensor weights x per-token / per-tensor activations on FBGEMM's CUTLASS
-    f8f8bf16_rowwise (f8f8bf16 when both sides are per-tensor)."""
-
+class _Fp8FbgemmBase(LinearKernel):
     backend = "fbgemm"
     families = ("fp8",)
     dtypes = (torch.bfloat16,)
+    tensorwise = False
 
     @classmethod
     def is_supported(cls, capability):
         return check_all(needs_cuda(capability, (9, 0)), lambda: needs_library("fbgemm"))
 
-    @classmethod
-    def can_implement(cls, config):
-        s = config.scheme
-        if s.weight_strategy not in ("tensor", "channel") or s.act_strategy not in ("tensor", "token"):
-            return False, f"per-tensor/per-channel weights with per-tensor/per-token activations only, not {s.key()}"
-        return True, None
-
     def __init__(self, config):
         super().__init__(config)
         self.np, self.kp = round_up(config.n, 16), round_up(config.k, 16)
-        self.tensorwise = self.scheme.weight_strategy == "tensor" and self.scheme.act_strategy == "tensor"
 
     def prepare(self, tensors):
         names = ["weight", "weight_scale"] + ([] if self.scheme.act_dynamic else ["input_scale"])
         check_canonical(self.kernel_name(), self.config, tensors, names)
         ws = tensors["weight_scale"].float().reshape(-1)
-        if not self.tensorwise:
+        if not self.tensorwise:  # one scale per (padded) output row; a per-tensor weight scale is broadcast
             ws = pad_vector(ws.expand(self.config.n) if ws.numel() == 1 else ws, self.np)
         out = {"weight": pad_2d(tensors["weight"], self.np, self.kp), "weight_scale": ws.clone()}
         if not self.scheme.act_dynamic:
@@ -115,6 +105,33 @@ class Fp8FbgemmKernel(LinearKernel):
         else:
             out = torch.ops.quantops.fbgemm_fp8_rowwise_mm(xq, xs, prepared["weight"], prepared["weight_scale"], cfg.n)
         return out if bias is None else out + bias
+
+
+class Fp8RowwiseFbgemmKernel(_Fp8FbgemmBase):
+    """FP8 per-channel weights and/or per-token activations (the other side may be per-tensor, broadcast)
+    on FBGEMM's CUTLASS f8f8bf16_rowwise."""
+
+    @classmethod
+    def can_implement(cls, config):
+        s = config.scheme
+        if s.weight_strategy not in ("tensor", "channel") or s.act_strategy not in ("tensor", "token"):
+            return False, f"per-tensor/per-channel weights with per-tensor/per-token activations only, not {s.key()}"
+        if s.weight_strategy == "tensor" and s.act_strategy == "tensor":
+            return False, "per-tensor x per-tensor goes to the tensor-wise GEMMs"
+        return True, None
+
+
+class Fp8TensorwiseFbgemmKernel(_Fp8FbgemmBase):
+    """FP8 per-tensor weights x per-tensor activations on FBGEMM's CUTLASS f8f8bf16 (device scale)."""
+
+    tensorwise = True
+
+    @classmethod
+    def can_implement(cls, config):
+        s = config.scheme
+        if s.weight_strategy != "tensor" or s.act_strategy != "tensor":
+            return False, "per-tensor weight and activation scales only"
+        return True, None
 
 
 # ---------------------------------------------------------------------------------------------------

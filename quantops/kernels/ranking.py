@@ -13,26 +13,51 @@ from __future__ import annotations
 EMULATION = "emulation:EmulationKernel"
 
 RANKING: dict[str, dict[str, list[str]]] = {
-    # FP8 W8A8 (per-tensor, per-token x per-channel, 128x128 block)
+    # FP8 W8A8 (per-tensor, per-token x per-channel, 128x128 block). `quantops bench` on an H200 (torch 2.11+cu130,
+    # FBGEMM 1.6.0, FlashInfer 0.7.2), compiled apply with activation quantization, CUDA graphs: geometric mean of
+    # bf16 F.linear time / kernel time over 9 layers (square 8192; Llama-3-8B and -70B qkv, o, gate_up, down), at
+    # M =                                 1     16     64    128    512   2048   4096
+    #  per-tensor (FP8, static):
+    #   Fp8FlashInferKernel (bmm_fp8)    1.67   1.65   1.58   1.55   1.52   1.64   1.69
+    #   Fp8ScaledMMKernel (tensor-wise)  1.67   1.66   1.59   1.55   1.44   1.54   1.58
+    #   Fp8TritonKernel                  1.61   1.57   1.33   1.00   1.16   1.44   1.48
+    #   Fp8TensorwiseFbgemmKernel        0.76   0.89   1.00   1.33   1.26   1.35   1.40
+    #  per-token x per-channel (FP8_DYNAMIC):
+    #   Fp8RowwiseFbgemmKernel           1.57   1.57   1.48   1.41   1.41   1.68   1.71
+    #   Fp8TritonKernel                  1.53   1.50   1.29   0.99   1.18   1.47   1.51
+    #   Fp8ScaledMMKernel (row-wise)     0.99   1.01   1.15   1.29   1.39   1.50   1.57
+    #  1x128 x 128x128 blocks (FP8_BLOCK):
+    #   Fp8BlockScaledTritonKernel       1.46   1.41   1.04   0.60   0.46   0.52   0.55   (fastest at M=1 on all 9)
+    #   Fp8BlockScaledFlashInferKernel   1.38   1.53   1.52   1.44   1.28   1.43   1.44
+    #   Fp8BlockScaledMMKernel           1.03   1.25   1.18   1.18   1.22   1.33   1.37
+    #   Fp8BlockScaledFbgemmKernel       1.25   1.47   0.73   0.81   1.00   1.11   1.13
+    # One list serves the three strategies (can_implement sends each layer to its own kernels). Triton@m<=64 sits
+    # above cuBLAS row-wise for FP8_DYNAMIC without FBGEMM (1.5x vs 1.0x at M<=16), at a 4% cost for per-tensor
+    # FP8 without FlashInfer. The unlimited Triton entries are the fallbacks for fp16/fp32 outputs and other GPUs.
     "fp8": {
-        "cuda": [  # provisional order, pending `quantops bench` on an H200
-            "fbgemm_fp8:Fp8FbgemmKernel",
-            "cublas_fp8:Fp8ScaledMMKernel",
+        "cuda": [
             "flashinfer_fp8:Fp8FlashInferKernel",
-            "triton_fp8:Fp8TritonKernel",
+            "fbgemm_fp8:Fp8RowwiseFbgemmKernel",
+            "triton_fp8:Fp8TritonKernel@m<=64",
+            "triton_fp8_blockscaled:Fp8BlockScaledTritonKernel@m<=1",
             "flashinfer_fp8:Fp8BlockScaledFlashInferKernel",
             "cublas_fp8:Fp8BlockScaledMMKernel",
+            "cublas_fp8:Fp8ScaledMMKernel",
             "fbgemm_fp8:Fp8BlockScaledFbgemmKernel",
+            "triton_fp8:Fp8TritonKernel",
             "triton_fp8_blockscaled:Fp8BlockScaledTritonKernel",
+            "fbgemm_fp8:Fp8TensorwiseFbgemmKernel",
             EMULATION,
         ],
-        # CPU: torch._scaled_mm runs FP8 per-tensor/row-wise on the CPU (2.13) and matches emulation, but was
-        # no faster (2048/4096 square, M=1..128, 2 cores: 0.8-1.3x), so emulation stays the CPU kernel.
+        # CPU: torch._scaled_mm runs FP8 per-tensor/row-wise on the CPU (2.13) and matches emulation, but was no
+        # faster (2048/4096 square, M=1..128, 2 cores: 0.8-1.3x), so emulation stays the CPU kernel.
         "cpu": [EMULATION],
     },
-    # INT8 W8A8
+    # INT8 W8A8 (same bench, W8A8 = per-token x per-channel):  M = 1     16     64    128    512   2048   4096
+    #   Int8TritonKernel (fused epilogue)                         1.52   1.49   1.27   0.96   0.95   1.14   1.20
+    #   Int8IntMMKernel (torch._int_mm + Inductor epilogue)      1.17   1.15   1.17   0.84   0.78   0.91   0.97
     "int8": {
-        "cuda": ["cublas_int8:Int8IntMMKernel", "triton_int8:Int8TritonKernel", EMULATION],
+        "cuda": ["triton_int8:Int8TritonKernel", "cublas_int8:Int8IntMMKernel", EMULATION],
         # CPU _int_mm (2048x2048, 2 cores, bf16): M=1/32 30/15 ms vs emulation 47/89 ms.
         "cpu": ["cpu_int8:Int8IntMMCpuKernel", EMULATION],
     },

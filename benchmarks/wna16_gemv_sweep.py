@@ -1,0 +1,112 @@
+"""Decode GEMV on the GPU: time the CUDA weight-only GEMV for every launch shape (warps splitting K x 8-row tiles
+per warp) against bf16 F.linear, and report bytes moved per microsecond against the measured copy bandwidth.
+
+    python benchmarks/wna16_gemv_sweep.py [--out DIR]
+
+Protocol as `quantops bench`: CUDA graphs over weight copies rotated so that no call finds its weight in L2,
+median of triton.testing.do_bench. Bytes = packed weights + scales (+ zeros) + x + out, each once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+
+import torch
+import triton.testing
+
+from quantops import get_scheme, quantize_weight
+from quantops.kernels import cuda_ext
+from quantops.kernels.base import LinearConfig
+from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
+
+SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+EXTRA = ["NVFP4A16", "MXFP4A16", "W8A16", "MXFP8A16", "W4A16_ASYM"]  # on 8192x8192 only
+MS = [1, 4, 8, 16]
+SPLITS = [(0, 0)] + [(ks, nt) for ks in (1, 2, 4, 8, 16) for nt in (2, 4)]
+FLUSH = 256 << 20
+
+
+def graph_time(calls) -> float:
+    for c in calls:
+        c()
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for c in calls:
+            c()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for c in calls:
+            c()
+    return triton.testing.do_bench(g.replay, warmup=5, rep=20, return_mode="median") * 1e3 / len(calls)
+
+
+def copy_bandwidth() -> float:
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = triton.testing.do_bench(lambda: b.copy_(a), warmup=10, rep=50, return_mode="median")
+    return 2 * a.numel() / (ms * 1e-3) / 1e12  # TB/s, read + write
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = p.parse_args()
+    bw = copy_bandwidth()
+    print(f"copy bandwidth: {bw:.2f} TB/s (read + write)")
+    ext = cuda_ext.extension
+    rows = []
+    cases = [("W4A16", s) for s in SHAPES] + [(name, SHAPES[0]) for name in EXTRA]
+    for name, (n, k) in cases:
+        scheme = get_scheme(name)
+        w = torch.randn(n, k, device="cuda") / math.sqrt(k)
+        tensors = quantize_weight(w, scheme)
+        kernel = WeightOnlyGemvCudaKernel(LinearConfig(scheme, n, k, torch.bfloat16))
+        prepared = kernel.prepare(tensors)
+        wbytes = sum(t.numel() * t.element_size() for key, t in prepared.items() if key != "perm")
+        copies = max(2, min(16, math.ceil(FLUSH / wbytes)))
+        preps = [{key: t.clone() for key, t in prepared.items()} for _ in range(copies)]
+        wbf = w.to(torch.bfloat16)
+        bf_copies = [wbf.clone() for _ in range(max(2, min(8, math.ceil(FLUSH / (wbf.numel() * 2)))))]
+        for m in MS:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            bf16_us = graph_time([lambda wc=wc: torch.nn.functional.linear(x, wc) for wc in bf_copies])
+            moved = wbytes + x.numel() * 2 + m * n * 2
+            best = None
+            for ks, nt in SPLITS:
+                calls = [
+                    lambda pp=pp, ks=ks, nt=nt: ext.weight_only_gemv(
+                        x, pp["qweight"], pp["scales"], pp.get("zeros"), kernel.fmt, kernel.group_size, n, k,
+                        cuda_ext.stream_handle(x), ks, nt,
+                    )
+                    for pp in preps
+                ]
+                us = graph_time(calls)
+                row = dict(scheme=name, n=n, k=k, m=m, ksplit=ks, nt=nt, us=round(us, 2), bf16_us=round(bf16_us, 2),
+                           ratio=round(bf16_us / us, 2), gbps=round(moved / us / 1e3, 1),
+                           pct_copy_bw=round(100 * moved / us / 1e6 / bw, 1))
+                rows.append(row)
+                if ks and (best is None or us < best["us"]):
+                    best = row
+            auto = next(r for r in rows if r["scheme"] == name and r["n"] == n and r["k"] == k and r["m"] == m
+                        and r["ksplit"] == 0)
+            print(f"{name:10s} {n:5d}x{k:<5d} M={m:<2d} bf16 {bf16_us:7.1f}us | auto {auto['us']:6.1f}us "
+                  f"{auto['ratio']:4.2f}x {auto['gbps']:6.0f} GB/s ({auto['pct_copy_bw']:4.1f}% copy) | best "
+                  f"ks={best['ksplit']:<2d} nt={best['nt']} {best['us']:6.1f}us {best['ratio']:4.2f}x", flush=True)
+        del preps, bf_copies
+        torch.cuda.empty_cache()
+    path = os.path.join(args.out, "gemv_sweep.csv")
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

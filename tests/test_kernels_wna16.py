@@ -1,0 +1,324 @@
+"""Weight-only kernels on the CPU: the Triton GEMM and the dequantize pass under TRITON_INTERPRET=1 (tiny shapes)
+against each scheme's emulation kernel; the CUDA GEMV's and the library kernels' prepare() repacking checked by
+decoding the prepared tensors in plain torch; the csrc/ build's absence as a registry reason; csrc/ compiled to
+object files with nvcc.
+
+Tolerance: ||out - ref|| / ||ref|| <= 1e-2 against emulation (fp32 reference; the kernels round dequantized
+weights or W4AFP8's dequantized activations to bf16 once, and outputs to bf16).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantops.formats import dequantize_weight, quantize_weight
+from quantops.formats.elements import decode_fp4, unpack_fp4
+from quantops.kernels.base import LinearConfig
+from quantops.kernels.emulation import EmulationKernel
+from quantops.kernels.registry import select_kernel
+from quantops.kernels.weight_only_layout import (
+    FMT_FP4,
+    FMT_FP8,
+    FMT_INT4,
+    element_bits,
+    element_format,
+    group_size,
+    interleave_nibbles,
+)
+from quantops.schemes import get_scheme
+
+TOL = 1e-2
+REPO = Path(__file__).resolve().parents[1]
+
+# (preset, variant): every weight format, zero points, act-order, per-channel scales, and the W4A4 / W8A8
+# checkpoints that run weight-only on Hopper
+SCHEMES = [
+    ("W4A16", {"group_size": 32}),
+    ("W4A16_ASYM", {"group_size": 32}),
+    ("W4A16", {"group_size": 16, "actorder": True}),
+    ("W8A16", {"group_size": 32}),
+    ("W8A16", {"weight_strategy": "channel", "group_size": None}),
+    ("W4AFP8", {"group_size": 32}),
+    ("NVFP4A16", {}),
+    ("MXFP4A16", {}),
+    ("MXFP8A16", {}),
+    ("NVFP4", {}),
+    ("MXFP8", {}),
+]
+IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in SCHEMES]
+WEIGHT_ONLY_TWIN = {"NVFP4": "NVFP4A16", "MXFP4": "MXFP4A16", "MXFP8": "MXFP8A16"}
+
+
+def make_layer(name, kw, n, k, device="cpu"):
+    scheme = get_scheme(name, **kw)
+    w = torch.randn(n, k) * 0.1
+    tensors = quantize_weight(w, scheme, input_amax=torch.tensor(3.0))
+    return scheme, {key: t.to(device) for key, t in tensors.items()}
+
+
+def reference(scheme, tensors, x, dtype):
+    """Emulation of the scheme; W4A4/W8A8 MX checkpoints run weight-only, so their A16 twin is the reference."""
+    if scheme.name in WEIGHT_ONLY_TWIN:
+        scheme = get_scheme(WEIGHT_ONLY_TWIN[scheme.name])
+        tensors = {k: v for k, v in tensors.items() if k != "input_global_scale"}
+    emu = EmulationKernel(LinearConfig(scheme, tensors_n(tensors, scheme), x.shape[-1], dtype))
+    return emu.apply(x, emu.prepare(tensors), None)
+
+
+def tensors_n(tensors, scheme):
+    return (tensors.get("weight_packed", tensors.get("weight"))).shape[0]
+
+
+def rel_err(out, ref):
+    out, ref = out.float(), ref.float()
+    assert torch.isfinite(out).all()
+    return float((out - ref).norm() / ref.norm().clamp(min=1e-12))
+
+
+def run_kernel(cls, scheme, tensors, x, dtype, bias=None):
+    n, k = tensors_n(tensors, scheme), x.shape[-1]
+    kernel = cls(LinearConfig(scheme, n, k, dtype, has_bias=bias is not None))
+    before = {key: t.clone() for key, t in tensors.items()}
+    prepared = kernel.prepare(tensors)
+    for key, t in tensors.items():  # prepare is pure
+        assert torch.equal(t, before[key]), f"prepare() changed {key}"
+    return kernel.apply(x, prepared, bias)
+
+
+# -- Triton GEMM and dequantize pass, interpreted -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,kw", SCHEMES, ids=IDS)
+def test_triton_gemm_matches_emulation(name, kw):
+    from quantops.kernels.triton_wna16 import WeightOnlyGemmTritonKernel
+
+    n, k = 37, 64  # odd N; K = 2 blocks of the interpreter's BLOCK_K, so the split-K path runs too
+    scheme, tensors = make_layer(name, kw, n, k)
+    for shape in [(1, k), (3, k), (2, 2, k)]:
+        x = torch.randn(shape, dtype=torch.bfloat16)
+        out = run_kernel(WeightOnlyGemmTritonKernel, scheme, tensors, x, torch.bfloat16)
+        assert out.shape == shape[:-1] + (n,) and out.dtype == torch.bfloat16
+        assert rel_err(out, reference(scheme, tensors, x, torch.bfloat16)) <= TOL
+    x0 = torch.randn(0, k, dtype=torch.bfloat16)
+    assert run_kernel(WeightOnlyGemmTritonKernel, scheme, tensors, x0, torch.bfloat16).shape == (0, n)
+
+
+def test_triton_gemm_channel_odd_k_fp16_and_bias():
+    from quantops.kernels.triton_wna16 import WeightOnlyGemmTritonKernel
+
+    n, k = 19, 60  # per-channel int4: K need not fill the last packed word
+    scheme, tensors = make_layer("W4A16_ASYM", {"weight_strategy": "channel", "group_size": None}, n, k)
+    x = torch.randn(5, k, dtype=torch.float16)
+    bias = torch.randn(n, dtype=torch.float16)
+    out = run_kernel(WeightOnlyGemmTritonKernel, scheme, tensors, x, torch.float16, bias)
+    assert rel_err(out, reference(scheme, tensors, x, torch.float16) + bias) <= TOL
+
+
+@pytest.mark.parametrize("name,kw", [SCHEMES[i] for i in (1, 2, 4, 6, 8)], ids=[IDS[i] for i in (1, 2, 4, 6, 8)])
+def test_dequant_cublas_matches_emulation(name, kw):
+    from quantops.kernels.dequant_cublas import WeightOnlyDequantCublasKernel
+
+    n, k = 37, 256  # two k blocks of the dequantize pass
+    scheme, tensors = make_layer(name, kw, n, k)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(4, k, dtype=dtype)
+        out = run_kernel(WeightOnlyDequantCublasKernel, scheme, tensors, x, dtype)
+        assert out.dtype == dtype
+        assert rel_err(out, reference(scheme, tensors, x, dtype)) <= TOL
+
+
+def test_triton_op_opcheck_and_errors():
+    from quantops.kernels.triton_wna16 import WeightOnlyGemmTritonKernel
+
+    n, k = 24, 64
+    scheme, tensors = make_layer("W4A16_ASYM", {"group_size": 32}, n, k)
+    kernel = WeightOnlyGemmTritonKernel(LinearConfig(scheme, n, k, torch.bfloat16))
+    p = kernel.prepare(tensors)
+    args = (p["qweight"], p["scales"], p["zeros"], None, FMT_INT4, 32, n, k)
+    for m in (0, 3):
+        x = torch.randn(m, k, dtype=torch.bfloat16)
+        torch.library.opcheck(torch.ops.quantops.weight_only_gemm_triton, (x,) + args)
+    with pytest.raises(ValueError, match=r"activation must be \[M, 64\]"):
+        torch.ops.quantops.weight_only_gemm_triton(torch.randn(2, 32, dtype=torch.bfloat16), *args)
+    with pytest.raises(ValueError, match="dtype"):
+        torch.ops.quantops.weight_only_gemm_triton(torch.randn(2, k), *args)
+
+
+# -- CUDA GEMV: prepare() layout, decoded in plain torch ----------------------------------------------------
+
+
+def decode_gemv_layout(prepared, scheme, n, k):
+    """What the CUDA kernel reads, decoded the way it decodes it: [N, K] float in the prepared column order."""
+    fmt = element_format(scheme)
+    bits = element_bits(fmt)
+    words = prepared["qweight"].to(torch.int64) & 0xFFFFFFFF
+    per = 32 // bits
+    shifts = torch.arange(per, dtype=torch.int64) * bits
+    codes = (words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # [N, W, per] by slot
+    if bits == 4:  # slots (p, p+4) hold elements (2p, 2p+1)
+        codes = torch.stack([codes[..., :4], codes[..., 4:]], dim=-1).reshape(n, -1, 8)
+    codes = codes.reshape(n, -1)[:, :k]
+    gs = group_size(scheme, k)
+    scales = prepared["scales"].float().repeat_interleave(gs, dim=1)[:, :k]
+    if fmt == FMT_FP4:
+        return decode_fp4(codes.to(torch.uint8)) * scales
+    if fmt == FMT_FP8:
+        return codes.to(torch.uint8).view(torch.float8_e4m3fn).float() * scales
+    zero = prepared["zeros"].float().repeat_interleave(gs, dim=1)[:, :k] if "zeros" in prepared else 1 << (bits - 1)
+    return (codes.float() - zero) * scales
+
+
+@pytest.mark.parametrize("name,kw", SCHEMES, ids=IDS)
+def test_cuda_gemv_prepare_layout(name, kw):
+    from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
+
+    n, k = 24, 128
+    scheme, tensors = make_layer(name, kw, n, k)
+    dtype = torch.bfloat16
+    kernel = WeightOnlyGemvCudaKernel(LinearConfig(scheme, n, k, dtype))
+    before = {key: t.clone() for key, t in tensors.items()}
+    prepared = kernel.prepare(tensors)
+    assert all(torch.equal(t, before[key]) for key, t in tensors.items())
+    w = decode_gemv_layout(prepared, scheme, n, k)
+    ref = dequantize_weight({key: t for key, t in tensors.items() if key != "input_global_scale"}, scheme, shape=(n, k))
+    if "perm" in prepared:  # act-order: columns grouped, x gathered by perm in the op
+        ref = ref[:, prepared["perm"]]
+    assert torch.allclose(w, ref, rtol=1e-2, atol=1e-6)
+    assert prepared["qweight"].dtype == torch.int32 and prepared["qweight"].is_contiguous()
+
+
+def test_interleave_nibbles_pairs_adjacent_elements():
+    words = torch.randint(-(2**31), 2**31 - 1, (3, 5), dtype=torch.int64).to(torch.int32)
+    out = interleave_nibbles(words).to(torch.int64) & 0xFFFFFFFF
+    src = words.to(torch.int64) & 0xFFFFFFFF
+    for p in range(4):
+        assert torch.equal((out >> (4 * p)) & 0xF, (src >> (8 * p)) & 0xF)  # slot p = element 2p
+        assert torch.equal((out >> (4 * p + 16)) & 0xF, (src >> (8 * p + 4)) & 0xF)  # slot p+4 = element 2p+1
+
+
+def test_cuda_gemv_rejects_irregular_act_order():
+    from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
+
+    n, k = 8, 128
+    scheme = get_scheme("W4A16", group_size=32, actorder=True)
+    g_idx = torch.tensor([0] * 40 + [1] * 24 + [2] * 32 + [3] * 32, dtype=torch.int32)  # group 0 has 40 columns
+    tensors = quantize_weight(torch.randn(n, k), scheme, g_idx=g_idx)
+    with pytest.raises(ValueError, match="exactly 32 columns"):
+        WeightOnlyGemvCudaKernel(LinearConfig(scheme, n, k, torch.bfloat16)).prepare(tensors)
+
+
+def test_cuda_gemv_can_implement_reasons():
+    from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel as C
+
+    cfg = lambda s, k=256, dtype=torch.bfloat16: LinearConfig(get_scheme(s), 64, k, dtype)  # noqa: E731
+    assert C.can_implement(cfg("W4A16"))[0]
+    assert C.can_implement(cfg("NVFP4A16", k=48))[1] == "K=48 is not a multiple of 32 (one 16-byte chunk of weights)"
+    assert "bf16" in C.can_implement(cfg("MXFP4A16", dtype=torch.float16))[1]
+    assert C.can_implement(cfg("W4A16", dtype=torch.float16))[0]
+    assert not C.can_implement(cfg("FP8_DYNAMIC"))[0]
+
+
+def test_cuda_op_fake_impl():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import quantops.kernels.cuda_wna16  # noqa: F401  (defines the op)
+
+    with FakeTensorMode():
+        x = torch.empty(5, 256, dtype=torch.bfloat16)
+        out = torch.ops.quantops.weight_only_gemv_cuda(
+            x, torch.empty(72, 32, dtype=torch.int32), torch.empty(72, 2, dtype=torch.bfloat16), None, None,
+            FMT_INT4, 128, 72, 256,
+        )
+        assert out.shape == (5, 72) and out.stride() == (72, 1) and out.dtype == torch.bfloat16
+
+
+# -- tinygemm and FBGEMM operands: their documented dequantization reproduces the weights --------------------
+
+
+@pytest.mark.parametrize("name", ["W4A16", "W4A16_ASYM"])
+def test_tinygemm_and_fbgemm_operands(name):
+    from quantops.kernels.fbgemm_int4 import fbgemm_int4_operands
+    from quantops.kernels.tinygemm_int4 import tinygemm_operands
+
+    n, k = 16, 256
+    scheme, tensors = make_layer(name, {}, n, k)
+    ref = dequantize_weight(tensors, scheme, shape=(n, k))
+    g = scheme.group_size
+    # tinygemm: (u - 8) * scale + zero, even element in the high nibble
+    codes, sz = tinygemm_operands(tensors, scheme, n, k)
+    u = torch.stack([codes >> 4, codes & 0xF], dim=-1).reshape(n, k).float()
+    s, z = (sz[..., i].float().t().repeat_interleave(g, dim=1) for i in (0, 1))
+    assert torch.allclose((u - 8) * s + z, ref, rtol=1e-2, atol=2e-3)
+    # FBGEMM: signed nibble * scale + zero, even element in the low nibble, scales [K/g, N]
+    wq, scale, zero = fbgemm_int4_operands(tensors, scheme, n, k, torch.float32)
+    b = wq.view(torch.uint8).to(torch.int16)
+    q = torch.stack([b & 0xF, b >> 4], dim=-1).reshape(n, k)
+    q = torch.where(q >= 8, q - 16, q).float()
+    s, z = (t.t().repeat_interleave(g, dim=1) for t in (scale, zero))
+    assert torch.allclose(q * s + z, ref, rtol=1e-5, atol=1e-6)
+
+
+# -- the CUDA extension without a GPU; selection ----------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path (the GPU tests build it)")
+def test_cuda_ext_import_gives_reason_without_gpu():
+    sys.modules.pop("quantops.kernels.cuda_ext", None)
+    with pytest.raises(ImportError, match="not built: no CUDA device"):
+        import quantops.kernels.cuda_ext  # noqa: F401
+    sel = select_kernel("W4A16", N=4096, K=4096, capability=(9, 0))
+    reasons = dict(sel.rejected)
+    assert "not built: no CUDA device" in reasons["WeightOnlyGemvCudaKernel"]
+    assert sel.plan_str().startswith("WeightOnlyGemmTritonKernel")
+
+
+@pytest.mark.parametrize("name", ["W4A16", "W8A16", "W4AFP8", "NVFP4A16", "MXFP4A16", "MXFP8A16", "NVFP4", "MXFP8"])
+def test_selection_plan_on_hopper(name):
+    sel = select_kernel(name, N=4096, K=4096, capability=(9, 0), libraries=["triton", "quantops_cuda", "fbgemm"])
+    assert sel.plan[0][1].kernel_name() == "WeightOnlyGemvCudaKernel" and sel.plan[0][0] == 16
+    assert sel.for_m(1).kernel_name() == "WeightOnlyGemvCudaKernel"
+    assert sel.for_m(100000).kernel_name() in ("WeightOnlyDequantCublasKernel", "W4AFp8RowwiseFbgemmKernel")
+
+
+# -- csrc/ compiles (object files only) ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_csrc_compiles_with_nvcc(tmp_path):
+    from torch.utils.cpp_extension import include_paths
+
+    csrc = REPO / "csrc"
+    # the flags torch's extension builder adds, which disable implicit half/bf16 conversions
+    defines = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+               "-D__CUDA_NO_HALF2_OPERATORS__"]
+    jobs = []
+    for src in ("weight_only_gemv_int.cu", "weight_only_gemv_fp.cu"):
+        cmd = ["nvcc", "-c", "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v",
+               *defines, f"-I{csrc}", str(csrc / src), "-o", str(tmp_path / (src + ".o"))]
+        jobs.append((src, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    # bindings.cpp is host C++ (built by the host compiler there): check it parses against torch's headers
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if cxx:
+        import sysconfig
+
+        incs = [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}", f"-I{csrc}"]
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        roots = [CUDA_HOME, os.environ.get("CUDA_HOME"), "/usr/local/cuda", Path(shutil.which("nvcc")).resolve().parents[1]]
+        cuda_inc = next(Path(r, "include") for r in roots if r and Path(r, "include", "cuda_runtime.h").exists())
+        cmd = [cxx, "-fsyntax-only", "-std=c++17", "-w", *incs, f"-I{cuda_inc}", "-DTORCH_EXTENSION_NAME=quantops_cuda",
+               str(csrc / "bindings.cpp")]
+        jobs.append(("bindings.cpp", subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    for src, proc in jobs:
+        log, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{src} failed to compile:\n{log[-4000:]}"
+        if src.endswith(".cu"):
+            assert (tmp_path / (src + ".o")).stat().st_size > 0
+            assert "error" not in log.lower()
