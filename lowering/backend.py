@@ -11,6 +11,7 @@ derived from the weights follow the module instance it is called with (runtime.p
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -60,6 +61,10 @@ class GraphReport:
     simulated: bool = False
     cache_key: str | None = None
     derived_bytes: int = 0
+    lowering_seconds: float = 0.0  # kernel selection, prepare() and the rewrite (the time quantops adds)
+    num_inputs: int = 0  # graph inputs from Dynamo
+    num_extra_inputs: int = 0  # inputs the lowering appended (derived tensors)
+    static_input_indices: list[int] | None = None  # as AOTAutograd marked them (CUDA graphs do not copy these)
 
 
 def _norm_capability(capability):
@@ -131,11 +136,15 @@ class QuantopsBackend:
             raise ValueError(
                 f"quantops.backend(capability={wanted!r}) describes another machine than this {device.type} "
                 f"device: use quantops.explain(model, *inputs, capability={wanted!r}) to see its graphs")
+        start = time.perf_counter()
         lowered = lower_graph(gm, example_inputs, s, simulated=simulated)
+        lowering_seconds = time.perf_counter() - start
         cap = (None if wanted == "cpu" else wanted) if wanted is not None else real
         platform = "cpu" if cap is None else f"cuda sm{cap[0]}{cap[1]}"
         report = GraphReport(len(self.graphs), platform + (" (simulated)" if simulated else ""), lowered.layers,
-                             simulated=simulated, derived_bytes=sum(l.prepared_bytes for l in lowered.layers))
+                             simulated=simulated, derived_bytes=sum(l.prepared_bytes for l in lowered.layers),
+                             lowering_seconds=lowering_seconds, num_inputs=lowered.num_original_inputs,
+                             num_extra_inputs=len(lowered.extra_inputs))
         self.graphs.append(report)
         if self.record_graphs or self.explain_only:
             from .explain import readable_graph
@@ -170,7 +179,12 @@ class QuantopsBackend:
         report.cache_key = cache_key(repr(self.settings), classes, plans)
         inner = patches.get("post_grad_custom_post_pass", inductor_config.post_grad_custom_post_pass)
         patches["post_grad_custom_post_pass"] = QuantopsCachePass(report.cache_key, inner)
-        return compile_fx(lowered.gm, inputs, config_patches=patches)
+        compiled = compile_fx(lowered.gm, inputs, config_patches=patches)
+        ctx = torch._guards.TracingContext.try_get()
+        meta = getattr(ctx, "fw_metadata", None)
+        if meta is not None:
+            report.static_input_indices = list(meta.static_input_indices)
+        return compiled
 
 
 def backend(

@@ -129,6 +129,12 @@ def test_projection_to_full_depth():
         assert r.projected["prefill"] == pytest.approx(1 / (fixed["p"] + 32 * per_layer["p"] * scale))
     lines = bench_e2e.goal_lines(rows, projected=True)
     assert any(line.startswith("W4A16 decode_bs1 >= 2.6x bf16") and "projected" in line for line in lines)
+    # an unavailable torchao baseline: "not measured", then the stand-in row, named
+    tiny = row("torchao-int4-tinygemm", 4, scale=0.5)
+    tiny.method = "torchao"
+    lines = bench_e2e.goal_lines(rows + [tiny], projected=False)
+    i = lines.index("W4A16 decode_bs1 >= 1.35x torchao-int4: not measured")
+    assert lines[i + 1].startswith("  (against torchao-int4-tinygemm instead: ")
 
 
 def test_bad_arguments():

@@ -293,7 +293,7 @@ def write_modelopt_checkpoint(path, algo, exclude=("lm_head",), style="hf_quant_
             t["weight_scale"] = w.abs().amax(1) / 448.0
             t["weight"] = (w / t["weight_scale"][:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
         else:
-            t["weight_scale_2"] = ws2[fused_key(n)].reshape(())
+            t["weight_scale_2"] = ws2[fused_key(n)].clone().reshape(())
             t["weight"], t["weight_scale"] = modelopt_nvfp4(w, t["weight_scale_2"])
             if algo == "NVFP4":
                 t["input_scale"] = (amax_in / (6.0 * 448.0)).reshape(())
@@ -313,7 +313,8 @@ def write_modelopt_checkpoint(path, algo, exclude=("lm_head",), style="hf_quant_
         config["quantization_config"] = {"quant_method": "modelopt", "quant_algo": algo,
                                          "ignore": list(exclude), **({"group_size": 16} if "NVFP4" in algo else {})}
     (path / "config.json").write_text(json.dumps(config))
-    # reference: the float model with ModelOpt-dequantized weights and fake-quantized activations
+    # reference, in fp32: the model with ModelOpt-dequantized weights and fake-quantized activations
+    model.float()
     for n, t in layers.items():
         parent, _, child = n.rpartition(".")
         setattr(model.get_submodule(parent), child, FakeQuantLinear(modelopt_dequant(t, algo), algo, t))

@@ -78,7 +78,9 @@ def test_modelopt_nvfp4_matches_compressed_tensors_converter(tmp_path):
     converted = ModelOptNvfp4Converter(ignore=["lm_head"], targets=["Linear"]).process(dict(tensors))
     scheme = QuantizationScheme(targets=["Linear"], format="nvfp4-pack-quantized", **NVFP4)
     for name in layers:
-        sd = {k.rpartition(".")[2]: v for k, v in converted.items() if k.rpartition(".")[0] == name}
+        # ModelOpt scalars become [1] tensors, the shape compressed-tensors checkpoints store
+        sd = {k.rpartition(".")[2]: (v.reshape(1) if v.dim() == 0 else v) for k, v in converted.items()
+              if k.rpartition(".")[0] == name}
         theirs = ct_decompress(sd, scheme)
         q = model.get_submodule(name)
         assert torch.equal(q.weight_global_scale, sd["weight_global_scale"].reshape(1))
@@ -123,7 +125,7 @@ MALFORMED = {
     "nan_input_scale": ("NVFP4", lambda t: t[f"{Q}.input_scale"].fill_(float("nan")), [Q, "input_scale", "finite positive"]),
     "weight_not_packed": ("NVFP4", lambda t: t.__setitem__(f"{Q}.weight", t[f"{Q}.weight"].to(torch.int8)),
                           [Q, "weight has dtype torch.int8, expected torch.uint8"]),
-    "block_scale_shape": ("W4A16_NVFP4", lambda t: t.__setitem__(f"{Q}.weight_scale", t[f"{Q}.weight_scale"][:, :4]),
+    "block_scale_shape": ("W4A16_NVFP4", lambda t: t.__setitem__(f"{Q}.weight_scale", t[f"{Q}.weight_scale"][:, :4].contiguous()),
                           [Q, "weight_scale has shape (128, 4), expected (128, 8)"]),
     "fp8_channel_scale_shape": ("FP8_PER_CHANNEL_PER_TOKEN", lambda t: t.__setitem__(f"{Q}.weight_scale", t[f"{Q}.weight_scale"][:5]),
                                 [Q, "weight_scale has shape (5,), expected (128,)"]),

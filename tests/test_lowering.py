@@ -175,6 +175,9 @@ def test_weights_of_another_instance_or_updated_are_never_stale():
         ca, cb = torch.compile(a, backend=be), torch.compile(b, backend=be)
         ya, yb = ca(x), cb(x)
         assert len(be.graphs) == 1, "the second instance reuses the graph"
+        g = be.graphs[0]
+        extra = set(range(g.num_inputs, g.num_inputs + g.num_extra_inputs))
+        assert g.num_extra_inputs == 4 and extra <= set(g.static_input_indices)  # CUDA graphs will not copy them
         binder = be.binders[0]
         assert binder.prepare_calls == 1  # b's tensors were prepared when b first called it
         assert rel_err(ya, a(x)) < TOL and rel_err(yb, b(x)) < TOL

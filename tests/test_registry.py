@@ -24,6 +24,9 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+OK_ANYWHERE = (True, None)
+
+
 class DequantLinearKernel(LinearKernel):
     """A third-party kernel for the tests: dequantize, then F.linear in the activation dtype (weight-only)."""
 
@@ -43,8 +46,6 @@ class DequantLinearKernel(LinearKernel):
         type(self).calls += 1
         return torch.nn.functional.linear(x, prepared["weight"], bias)
 
-
-OK_ANYWHERE = (True, None)
 
 
 class Blackwell4BitKernel(LinearKernel):

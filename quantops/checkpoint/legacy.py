@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import elements
-from ..schemes import QuantScheme, get_scheme
+from ..schemes import QuantScheme
+from .compressed_tensors import scheme_from_fields
 from .errors import CheckpointError
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a word holds element AWQ_ORDER[i] of its 8
@@ -74,10 +75,11 @@ def _check(t, name, dtype, shape, where):
 
 
 def _scheme(bits, group_size, k, symmetric, actorder) -> QuantScheme:
-    base = get_scheme("W4A16" if bits == 4 else "W8A16")
-    if group_size == -1 or group_size >= k:
-        return base.replace(weight_strategy="channel", group_size=None, symmetric=symmetric)
-    return base.replace(group_size=group_size, symmetric=symmetric, actorder=actorder)
+    channel = group_size == -1 or group_size >= k
+    return scheme_from_fields(dict(
+        weight=f"int{bits}", weight_strategy="channel" if channel else "group", group_size=None if channel else group_size,
+        block_size=None, symmetric=symmetric, actorder=actorder and not channel, act=None, act_strategy=None,
+        act_group_size=None, act_dynamic=True, act_symmetric=True), "legacy checkpoint")
 
 
 def _canonical(q_u, z_u, scales, g_idx, bits, group_size, n, k):
@@ -96,7 +98,8 @@ def _canonical(q_u, z_u, scales, g_idx, bits, group_size, n, k):
         "weight_shape": torch.tensor([n, k], dtype=torch.int64),
     }
     if not symmetric:
-        t["weight_zero_point"] = elements.pack_int32((z_u - off).t().contiguous(), bits).t().contiguous()
+        # z_u is [G, N]: pack along N, then store [ceil(N*b/32), G]
+        t["weight_zero_point"] = elements.pack_int32(z_u - off, bits).t().contiguous()
     if actorder:
         t["weight_g_idx"] = g_idx.to(torch.int32)
     return scheme, t

@@ -43,7 +43,9 @@ class Candidate:
             mod = importlib.import_module(f"quantops.kernels.{module}")
         except Exception as e:  # a kernel module that cannot import (missing optional library) is a reason
             return None, f"cannot import quantops.kernels.{module}: {type(e).__name__}: {e}"
-        cls = getattr(mod, cls_name)
+        cls = getattr(mod, cls_name, None)
+        if cls is None:
+            return None, f"quantops.kernels.{module} has no kernel {cls_name}"
         _BY_NAME[cls.kernel_name()] = cls
         return cls, None
 
