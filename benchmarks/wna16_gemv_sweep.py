@@ -24,8 +24,8 @@ from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 
 SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 EXTRA = ["NVFP4A16", "MXFP4A16", "W8A16", "MXFP8A16", "W4A16_ASYM"]  # on 8192x8192 only
-MS = [1, 4, 8, 16]
-SPLITS = [(0, 0)] + [(ks, nt) for ks in (1, 2, 4, 8, 16) for nt in (2, 4)]
+MS = [1, 4, 16, 32, 64]
+SPLITS = [(0, 0)] + [(ks, nt) for ks in (1, 2, 4, 8) for nt in (2, 4)]  # nt=4 only applies at M <= 16
 FLUSH = 256 << 20
 
 
@@ -79,9 +79,11 @@ def main():
             moved = wbytes + x.numel() * 2 + m * n * 2
             best = None
             for ks, nt in SPLITS:
+                if m > 16 and nt == 4:
+                    continue
                 calls = [
                     lambda pp=pp, ks=ks, nt=nt: ext.weight_only_gemv(
-                        x, pp["qweight"], pp["scales"], pp.get("zeros"), kernel.fmt, kernel.group_size, n, k,
+                        x, pp["qweight"], pp["scales"], pp.get("zeros"), pp.get("alpha"), kernel.fmt, kernel.group_size, n, k,
                         cuda_ext.stream_handle(x), ks, nt,
                     )
                     for pp in preps

@@ -40,8 +40,9 @@ struct DeviceScope {
 };
 
 at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                            const std::optional<at::Tensor>& zeros, int64_t fmt, int64_t group_size, int64_t n,
-                            int64_t k, int64_t stream_handle, int64_t ksplit, int64_t nt) {
+                            const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& alpha,
+                            int64_t fmt, int64_t group_size, int64_t n, int64_t k, int64_t stream_handle,
+                            int64_t ksplit, int64_t nt) {
   TORCH_CHECK(x.is_cuda() && qweight.is_cuda() && scales.is_cuda(), "weight_only_gemv: tensors must be on CUDA");
   TORCH_CHECK(x.dim() == 2 && x.size(1) == k, "weight_only_gemv: x must be [M, ", k, "], got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
@@ -58,8 +59,12 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
               "weight_only_gemv: x and qweight must be 16-byte aligned");
   TORCH_CHECK(scales.dim() == 2 && scales.size(0) == n, "weight_only_gemv: scales must be [N, G]");
   const bool is_int = fmt == quantops::kInt4 || fmt == quantops::kInt8;
-  TORCH_CHECK(is_int ? scales.scalar_type() == x.scalar_type() : scales.scalar_type() == at::kFloat,
-              "weight_only_gemv: scales must be in x's dtype (int formats) or fp32 (fp formats)");
+  TORCH_CHECK(is_int ? scales.scalar_type() == x.scalar_type() : scales.scalar_type() == at::kByte,
+              "weight_only_gemv: scales must be in x's dtype (int formats) or uint8 e4m3/e8m0 codes (fp formats)");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(scales.data_ptr()) % 4 == 0, "weight_only_gemv: scales must be 4-byte aligned");
+  const bool nvfp4 = fmt == quantops::kFp4 && group_size == 16;
+  TORCH_CHECK(!nvfp4 || (alpha && alpha->is_cuda() && alpha->scalar_type() == at::kFloat && alpha->numel() == 1),
+              "weight_only_gemv: NVFP4 needs alpha = 1 / weight_global_scale, fp32 [1] on the GPU");
   if (zeros) {
     TORCH_CHECK(zeros->is_cuda() && zeros->scalar_type() == at::kByte && zeros->is_contiguous() &&
                     zeros->sizes() == scales.sizes(),
@@ -81,6 +86,7 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
     a.w = qweight.data_ptr();
     a.scales = scales.data_ptr();
     a.zeros = zeros ? zeros->data_ptr<uint8_t>() : nullptr;
+    a.alpha = (nvfp4 && alpha) ? alpha->data_ptr<float>() : nullptr;
     a.out = static_cast<char*>(out.data_ptr()) + m0 * o_row;
     a.M = int(std::min<int64_t>(quantops::kMaxRows, m - m0));
     a.N = int(n);
@@ -102,8 +108,8 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("weight_only_gemv", &weight_only_gemv, "Weight-only GEMV for M <= 16 (chunks of 16 rows beyond)",
-        pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"),
+  m.def("weight_only_gemv", &weight_only_gemv, "Weight-only GEMV for M <= 64 (chunks of 64 rows beyond)",
+        pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"), pybind11::arg("alpha"),
         pybind11::arg("fmt"), pybind11::arg("group_size"), pybind11::arg("n"), pybind11::arg("k"),
         pybind11::arg("stream"), pybind11::arg("ksplit") = 0, pybind11::arg("nt") = 0);
 }

@@ -9,13 +9,14 @@ namespace quantops {
 
 enum WeightFormat : int { kInt4 = 0, kInt8 = 1, kFp4 = 2, kFp8 = 3 };
 
-constexpr int kMaxRows = 16;  // rows of x one launch covers (the MMA's M)
+constexpr int kMaxRows = 64;  // rows of x one launch covers (up to 4 MMA tiles of 16)
 
 struct GemvArgs {
   const void* x;
   const void* w;
   const void* scales;
   const uint8_t* zeros;  // nullptr: symmetric
+  const float* alpha;    // NVFP4: 1 / weight_global_scale (device scalar); else nullptr
   void* out;
   int M, N, K, G, group_size;
   int fmt;

@@ -1,16 +1,16 @@
-// Float weights (NVFP4 / MXFP4 e2m1, MXFP8 e4m3) with fp32 block scales: bf16 activations only (the e8m0
-// and e4m3/global scales can leave fp16's range).
+// Float weights (NVFP4 / MXFP4 e2m1, MXFP8 e4m3) with their block scales as stored (e4m3 + global, e8m0):
+// bf16 activations only (those scales can leave fp16's range).
 #include "weight_only_gemv.cuh"
 
 namespace quantops {
 
 template <int FMT, int NT>
 static cudaError_t dispatch_spc(const GemvArgs& a, int ksplit, cudaStream_t stream) {
-  // NVFP4 blocks of 16 put two scales in one 32-value chunk
   if constexpr (FMT == kFp4) {
-    if (a.group_size == 16) return launch_typed<__nv_bfloat16, FMT, NT, 2, false>(a, ksplit, stream);
+    // NVFP4: blocks of 16 (two scales per 32-value chunk), e4m3 scales times alpha; MXFP4: blocks of 32, e8m0
+    if (a.group_size == 16) return launch_mt<__nv_bfloat16, FMT, NT, 2, kScaleE4m3, false>(a, ksplit, stream);
   }
-  return launch_typed<__nv_bfloat16, FMT, NT, 1, false>(a, ksplit, stream);
+  return launch_mt<__nv_bfloat16, FMT, NT, 1, kScaleE8m0, false>(a, ksplit, stream);
 }
 
 template <int FMT>
@@ -24,6 +24,7 @@ static cudaError_t dispatch_nt(const GemvArgs& a, cudaStream_t stream) {
 
 cudaError_t launch_weight_only_gemv_fp(const GemvArgs& a, cudaStream_t stream) {
   if (!a.bf16 || a.zeros) return cudaErrorInvalidValue;
+  if (a.fmt == kFp4 && a.group_size == 16 && a.alpha == nullptr) return cudaErrorInvalidValue;
   if (a.fmt == kFp4) return dispatch_nt<kFp4>(a, stream);
   if (a.fmt == kFp8) return dispatch_nt<kFp8>(a, stream);
   return cudaErrorInvalidValue;

@@ -5,8 +5,8 @@ namespace quantops {
 
 template <typename T, int FMT, int NT>
 static cudaError_t dispatch_zp(const GemvArgs& a, int ksplit, cudaStream_t stream) {
-  return a.zeros ? launch_typed<T, FMT, NT, 1, true>(a, ksplit, stream)
-                 : launch_typed<T, FMT, NT, 1, false>(a, ksplit, stream);
+  return a.zeros ? launch_mt<T, FMT, NT, 1, kScaleT, true>(a, ksplit, stream)
+                 : launch_mt<T, FMT, NT, 1, kScaleT, false>(a, ksplit, stream);
 }
 
 template <typename T, int FMT>

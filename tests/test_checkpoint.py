@@ -19,10 +19,11 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 pytest.importorskip("compressed_tensors")
 
 from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme  # noqa: E402
+from compressed_tensors.quantization.quant_scheme import NVFP4 as CT_NVFP4  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from test_checkpoint_helpers import (  # noqa: E402
@@ -151,8 +152,7 @@ def test_mixed_precision_and_ignore_patterns(tmp_path):
         "attn": QuantizationScheme(targets=[r"re:.*self_attn\.(q|k|v|o)_proj$"],
                                    weights=_args(num_bits=8, type="float", strategy="channel"),
                                    input_activations=_args(num_bits=8, type="float", strategy="token", dynamic=True)),
-        "mlp": QuantizationScheme(targets=names, **{k: v for k, v in
-                                  __import__("compressed_tensors.quantization.quant_scheme", fromlist=["NVFP4"]).NVFP4.items()}),
+        "mlp": QuantizationScheme(targets=names, **CT_NVFP4),
     }
     ignore = ["lm_head", r"re:.*layers\.1\.mlp\.down_proj$"]
     weights, ids, ref = make_ct_checkpoint(tmp_path, groups, ignore=ignore)
@@ -224,7 +224,7 @@ def test_save_quantize_model_mixed_then_transformers_loads(tmp_path):
     qcfg = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert qcfg["format"] == "mixed-precision" and "model.layers.0.mlp.down_proj" in qcfg["ignore"]
     check_weights(model, _ct_weights_of_saved(tmp_path))
-    hf = __import__("transformers").AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.bfloat16)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.bfloat16)
     with torch.no_grad():
         hf_logits = hf(ids).logits  # the first forward decompresses the model
         _close(model(ids).logits, hf_logits, 0.15, 0.995, "transformers-loaded")
@@ -288,6 +288,23 @@ def test_float_model_directory(tmp_path):
         assert torch.equal(ours(ids).logits, model(ids).logits)
 
 
+class NotATensor:
+    pass
+
+
+def test_pytorch_bin_read_without_unpickling_objects(tmp_path):
+    """A pytorch_model.bin is read with torch.load(weights_only=True); one holding other objects is refused."""
+    model = tiny_llama(0)
+    model.config.save_pretrained(str(tmp_path))
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "pytorch_model.bin")
+    ids = input_ids()
+    with torch.no_grad():
+        assert torch.equal(quantops.load_pretrained(tmp_path)(ids).logits, model(ids).logits)
+    torch.save({"model.norm.weight": NotATensor()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="unpickles nothing but tensors"):
+        quantops.load_pretrained(tmp_path)
+
+
 def test_device_and_dtype_arguments(tmp_path):
     make_ct_checkpoint(tmp_path, "FP8_DYNAMIC")
     model = quantops.load_pretrained(tmp_path, device="cpu", dtype=torch.float16)
@@ -341,6 +358,8 @@ MALFORMED = {
                     [Q, "weight_packed has shape (128, 15), expected (128, 16)"]),
     "unknown_format": ("W4A16", None, lambda q: q["config_groups"]["group_0"].__setitem__("format", "int3-quantized"),
                        ["unknown format 'int3-quantized'", "pack-quantized"]),
+    "format_for_other_scheme": ("W4A16", None, lambda q: q["config_groups"]["group_0"].__setitem__(
+        "format", "nvfp4-pack-quantized"), ["format 'nvfp4-pack-quantized' cannot hold W4A16 weights"]),
     "unknown_method": ("W4A16", None, lambda q: q.__setitem__("quant_method", "bitsandbytes"),
                        ["'bitsandbytes' is not supported"]),
     "unsupported_scheme": ("W4A16", None, lambda q: q["config_groups"]["group_0"]["weights"].__setitem__("num_bits", 3),
@@ -415,8 +434,9 @@ def test_peak_memory_near_checkpoint_size(tmp_path):
             float_bytes += 2 * n * k
             p = f"model.layers.{i}.{name}"
             specs = tensor_specs(scheme, n, k)
-            tensors[f"{p}.weight_packed"] = torch.randint(-2**31, 2**31 - 1, specs["weight_packed"][0], dtype=torch.int32, generator=g)
-            tensors[f"{p}.weight_scale"] = (torch.rand(specs["weight_scale"][0], generator=g) * 1e-2 + 1e-3).to(torch.bfloat16)
+            packed_shape, scale_shape = specs["weight_packed"][0], specs["weight_scale"][0]
+            tensors[f"{p}.weight_packed"] = torch.randint(-2**31, 2**31 - 1, packed_shape, dtype=torch.int32, generator=g)
+            tensors[f"{p}.weight_scale"] = (torch.rand(scale_shape, generator=g) * 1e-2 + 1e-3).to(torch.bfloat16)
             tensors[f"{p}.weight_shape"] = torch.tensor([n, k])
         for norm in ("input_layernorm", "post_attention_layernorm"):
             tensors[f"model.layers.{i}.{norm}.weight"] = torch.ones(1024, dtype=torch.bfloat16)

@@ -14,21 +14,22 @@ Everything here is independent of quantops' own quantizers and loaders:
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-transformers = __import__("pytest").importorskip("transformers")
-ct = __import__("pytest").importorskip("compressed_tensors")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("compressed_tensors")
 
 from compressed_tensors.compressors import BaseCompressor, ModelCompressor  # noqa: E402
 from compressed_tensors.quantization import (  # noqa: E402
     QuantizationConfig,
-    QuantizationScheme,
     apply_quantization_config,
     preset_name_to_scheme,
 )
@@ -272,7 +273,7 @@ def write_modelopt_checkpoint(path, algo, exclude=("lm_head",), style="hf_quant_
     model = tiny_llama(seed, **model_kw)
     ids = input_ids()
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)
-               and not any(n == p or __import__("fnmatch").fnmatchcase(n, p) for p in exclude)}
+               and not any(n == p or fnmatch.fnmatchcase(n, p) for p in exclude)}
     ranges = input_ranges(model, ids, linears)
     ws2 = {}
     for n, m in linears.items():

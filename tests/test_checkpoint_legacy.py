@@ -136,9 +136,12 @@ def _legacy_dir(path, method):
         expected[name] = w
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     cfg = json.loads(model.config.to_json_string())
-    cfg["quantization_config"] = ({"quant_method": "gptq", "bits": 4, "group_size": 64, "desc_act": False, "sym": False,
-                                   "checkpoint_format": "gptq"} if method == "gptq" else
-                                  {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "gemm"})
+    if method == "gptq":
+        q = {"quant_method": "gptq", "bits": 4, "group_size": 64, "desc_act": False, "sym": False,
+             "checkpoint_format": "gptq"}
+    else:
+        q = {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "gemm"}
+    cfg["quantization_config"] = q
     (path / "config.json").write_text(json.dumps(cfg))
     return expected
 

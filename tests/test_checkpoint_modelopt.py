@@ -118,6 +118,10 @@ def _rewrite(path, edit):
     save_file(t, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
+def _slice(t, key, index):
+    t[key] = t[key][index].contiguous()
+
+
 Q = "model.layers.0.self_attn.q_proj"
 MALFORMED = {
     "missing_weight_scale_2": ("NVFP4", lambda t: t.pop(f"{Q}.weight_scale_2"), [Q, "missing weight_scale_2"]),
@@ -125,9 +129,9 @@ MALFORMED = {
     "nan_input_scale": ("NVFP4", lambda t: t[f"{Q}.input_scale"].fill_(float("nan")), [Q, "input_scale", "finite positive"]),
     "weight_not_packed": ("NVFP4", lambda t: t.__setitem__(f"{Q}.weight", t[f"{Q}.weight"].to(torch.int8)),
                           [Q, "weight has dtype torch.int8, expected torch.uint8"]),
-    "block_scale_shape": ("W4A16_NVFP4", lambda t: t.__setitem__(f"{Q}.weight_scale", t[f"{Q}.weight_scale"][:, :4].contiguous()),
+    "block_scale_shape": ("W4A16_NVFP4", lambda t: _slice(t, f"{Q}.weight_scale", (slice(None), slice(0, 4))),
                           [Q, "weight_scale has shape (128, 4), expected (128, 8)"]),
-    "fp8_channel_scale_shape": ("FP8_PER_CHANNEL_PER_TOKEN", lambda t: t.__setitem__(f"{Q}.weight_scale", t[f"{Q}.weight_scale"][:5]),
+    "fp8_channel_scale_shape": ("FP8_PER_CHANNEL_PER_TOKEN", lambda t: _slice(t, f"{Q}.weight_scale", slice(0, 5)),
                                 [Q, "weight_scale has shape (5,), expected (128,)"]),
     "fp8_vector_weight_scale": ("FP8", lambda t: t.__setitem__(f"{Q}.weight_scale", torch.ones(3)),
                                 [Q, "weight_scale has shape (3,), expected a scalar"]),

@@ -113,7 +113,7 @@ def test_cuda_gemv_matches_emulation():
     # K=96: a partial last iteration (128 columns per warp iteration for 4-bit, 64 for 8-bit); N odd
     failures = check_kernel(
         "cuda_wna16:WeightOnlyGemvCudaKernel", ALL_FORMATS, [(200, 256), (37, 96), (1024, 2048)],
-        (0, 1, 2, 3, 8, 9, 16, 17, 40), (BF16, F16),
+        (0, 1, 2, 3, 8, 9, 16, 17, 40, 64, 65, 130), (BF16, F16),
     )
     assert not failures, "\n".join(failures)
 
@@ -129,13 +129,13 @@ def test_cuda_gemv_split_choices():
         scheme, tensors = layer(name, {}, n, k)
         kernel = WeightOnlyGemvCudaKernel(LinearConfig(scheme, n, k, BF16))
         p = kernel.prepare(tensors)
-        for m in (1, 5, 16):
+        for m in (1, 5, 16, 30, 64):
             x = torch.randn(m, k, device=DEV, dtype=BF16)
             ref = reference(scheme, tensors, n, k, x, None, BF16)
-            for ksplit in (1, 2, 4, 8, 16):
+            for ksplit in (1, 2, 4, 8):
                 for nt in (2, 4):
                     out = cuda_ext.extension.weight_only_gemv(
-                        x, p["qweight"], p["scales"], p.get("zeros"), kernel.fmt, kernel.group_size, n, k,
+                        x, p["qweight"], p["scales"], p.get("zeros"), p.get("alpha"), kernel.fmt, kernel.group_size, n, k,
                         cuda_ext.stream_handle(x), ksplit, nt,
                     )
                     if rel_err(out, ref) > 1e-2:
@@ -221,16 +221,19 @@ def test_opcheck_cuda_ops():
 
     n, k = 72, 256
     scheme, tensors = layer("W4A16_ASYM", {"actorder": True}, n, k)
-    for cls, op, extra in [
-        (WeightOnlyGemvCudaKernel, torch.ops.quantops.weight_only_gemv_cuda, "perm"),
-        (WeightOnlyGemmTritonKernel, torch.ops.quantops.weight_only_gemm_triton, "g_idx"),
-        (WeightOnlyDequantCublasKernel, torch.ops.quantops.dequant_cublas_mm, "g_idx"),
+    nv_scheme, nv_tensors = layer("NVFP4A16", {}, n, k)
+    for cls, op, extra, sch, ts in [
+        (WeightOnlyGemvCudaKernel, torch.ops.quantops.weight_only_gemv_cuda, ("alpha", "perm"), scheme, tensors),
+        (WeightOnlyGemvCudaKernel, torch.ops.quantops.weight_only_gemv_cuda, ("alpha", "perm"), nv_scheme, nv_tensors),
+        (WeightOnlyGemmTritonKernel, torch.ops.quantops.weight_only_gemm_triton, ("g_idx",), scheme, tensors),
+        (WeightOnlyDequantCublasKernel, torch.ops.quantops.dequant_cublas_mm, ("g_idx",), scheme, tensors),
     ]:
-        kernel = cls(LinearConfig(scheme, n, k, BF16))
-        p = kernel.prepare(tensors)
-        for m in (0, 3, 20):
+        kernel = cls(LinearConfig(sch, n, k, BF16))
+        p = kernel.prepare(ts)
+        for m in (0, 3, 20, 70):
             x = torch.randn(m, k, device=DEV, dtype=BF16)
-            args = (x, p["qweight"], p["scales"], p.get("zeros"), p.get(extra), kernel.fmt, kernel.group_size, n, k)
+            args = (x, p["qweight"], p["scales"], p.get("zeros"), *(p.get(e) for e in extra), kernel.fmt,
+                    kernel.group_size, n, k)
             torch.library.opcheck(op, args)
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from quantops.formats import dequantize_weight, quantize_weight
-from quantops.formats.elements import decode_fp4, unpack_fp4
+from quantops.formats.elements import decode_e8m0, decode_fp4
 from quantops.kernels.base import LinearConfig
 from quantops.kernels.emulation import EmulationKernel
 from quantops.kernels.registry import select_kernel
@@ -166,7 +166,13 @@ def decode_gemv_layout(prepared, scheme, n, k):
         codes = torch.stack([codes[..., :4], codes[..., 4:]], dim=-1).reshape(n, -1, 8)
     codes = codes.reshape(n, -1)[:, :k]
     gs = group_size(scheme, k)
-    scales = prepared["scales"].float().repeat_interleave(gs, dim=1)[:, :k]
+    scales = prepared["scales"]
+    if fmt in (FMT_FP4, FMT_FP8):  # stored block scales: e4m3 times alpha (NVFP4) or e8m0
+        if "alpha" in prepared:
+            scales = scales.view(torch.float8_e4m3fn).float() * prepared["alpha"]
+        else:
+            scales = decode_e8m0(scales)
+    scales = scales.float().repeat_interleave(gs, dim=1)[:, :k]
     if fmt == FMT_FP4:
         return decode_fp4(codes.to(torch.uint8)) * scales
     if fmt == FMT_FP8:
@@ -233,7 +239,7 @@ def test_cuda_op_fake_impl():
     with FakeTensorMode():
         x = torch.empty(5, 256, dtype=torch.bfloat16)
         out = torch.ops.quantops.weight_only_gemv_cuda(
-            x, torch.empty(72, 32, dtype=torch.int32), torch.empty(72, 2, dtype=torch.bfloat16), None, None,
+            x, torch.empty(72, 32, dtype=torch.int32), torch.empty(72, 2, dtype=torch.bfloat16), None, None, None,
             FMT_INT4, 128, 72, 256,
         )
         assert out.shape == (5, 72) and out.stride() == (72, 1) and out.dtype == torch.bfloat16

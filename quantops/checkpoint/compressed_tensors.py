@@ -245,6 +245,17 @@ def _infer_format(w: dict, a: dict | None) -> str:
     return "float-quantized" if a is not None else "naive-quantized"
 
 
+def _holds(fmt: str, scheme: QuantScheme) -> bool:
+    """Whether tensors stored in `fmt` can be the scheme's (directly, or by the int repacking of to_canonical)."""
+    if fmt == scheme.format:
+        return True
+    if scheme.weight in ("int4", "int8"):
+        return fmt in ("pack-quantized", "int-quantized", "naive-quantized")
+    if scheme.weight in ("fp8", "mxfp8"):  # `weight` e4m3 and `weight_scale` in all three
+        return fmt in ("float-quantized", "naive-quantized", "mxfp8-quantized")
+    return False
+
+
 @dataclass
 class ConfigGroup:
     name: str
@@ -266,13 +277,13 @@ class CompressedTensorsConfig:
         """The group whose targets match this module (None: the module stays float)."""
         if any(matches(name, module, ign) for ign in self.ignore):
             return None
+        by_target = {t: g for g in self.groups for t in g.targets}  # a target named twice: the later group's
         ranked = []
-        for g in self.groups:
-            for t in g.targets:
-                if match_name(name, t):
-                    ranked.append((0 if not t.startswith("re:") else 1, t, g))
-                elif match_class(module, t):
-                    ranked.append((2, t, g))
+        for t, g in by_target.items():
+            if match_name(name, t):
+                ranked.append((0 if not t.startswith("re:") else 1, t, g))
+            elif match_class(module, t):
+                ranked.append((2, t, g))
         if not ranked:
             return None
         ranked.sort(key=lambda r: (r[0], r[1]))
@@ -288,22 +299,24 @@ def parse_config(qcfg: dict) -> CompressedTensorsConfig:
         raise CheckpointError("quantization_config: no config_groups")
     for gname, group in raw_groups.items():
         where = f"quantization_config.config_groups.{gname}"
+        single = top_format if top_format not in (None, "mixed-precision") else None
         if isinstance(group, list):  # {"W4A16": ["Linear"]}: a preset name with its targets
             try:
                 scheme = get_scheme(gname)
             except ValueError as e:
                 raise CheckpointError(f"{where}: {e}") from None
-            groups.append(ConfigGroup(gname, list(group), scheme, top_format if top_format not in
-                                      (None, "mixed-precision") else scheme.format))
-            continue
-        scheme = scheme_from_config_group(group, where)
-        fmt = group.get("format") or (top_format if top_format not in (None, "mixed-precision") else None)
-        fmt = fmt or _infer_format(group["weights"], group.get("input_activations"))
+            targets, fmt = group, single or scheme.format
+        else:
+            scheme = scheme_from_config_group(group, where)
+            targets = group.get("targets") or []
+            fmt = group.get("format") or single or _infer_format(group["weights"], group.get("input_activations"))
         if fmt in UNSUPPORTED_FORMATS:
             raise CheckpointError(f"{where}: format {fmt!r} is not supported: {UNSUPPORTED_FORMATS[fmt]}")
         if fmt not in KNOWN_FORMATS:
             raise CheckpointError(f"{where}: unknown format {fmt!r}; known formats: {', '.join(KNOWN_FORMATS)}")
-        groups.append(ConfigGroup(gname, list(group.get("targets") or []), scheme, fmt))
+        if not _holds(fmt, scheme):
+            raise CheckpointError(f"{where}: format {fmt!r} cannot hold {scheme.name} weights (stored {scheme.format})")
+        groups.append(ConfigGroup(gname, list(targets), scheme, fmt))
     return CompressedTensorsConfig(groups, list(qcfg.get("ignore") or []), qcfg.get("version"),
                                    kv_cache=qcfg.get("kv_cache_scheme") is not None)
 
@@ -354,7 +367,8 @@ def to_canonical(raw: dict[str, torch.Tensor], group: ConfigGroup, n: int, k: in
 def _int_to_packed(t, s, n, k, where):
     w = t.pop("weight")
     if w.dtype != torch.int8:
-        raise CheckpointError(f"{where}: weight has dtype {w.dtype}, expected torch.int8 for {s.name} stored int-quantized")
+        raise CheckpointError(f"{where}: weight has dtype {w.dtype}, expected torch.int8 for {s.name} stored "
+                              "int-quantized")
     lo, hi = -(1 << (s.weight_bits - 1)), (1 << (s.weight_bits - 1)) - 1
     if w.numel() and bool(((w < lo) | (w > hi)).any()):
         raise CheckpointError(f"{where}: weight has values outside [{lo}, {hi}] for {s.weight_bits}-bit {s.name}")
@@ -362,7 +376,8 @@ def _int_to_packed(t, s, n, k, where):
     t["weight_shape"] = torch.tensor(list(w.shape), dtype=torch.int64)
     if "weight_zero_point" in t:
         zp = t.pop("weight_zero_point")
-        t["weight_zero_point"] = elements.pack_int32(zp.to(torch.int32).t().contiguous(), s.weight_bits).t().contiguous()
+        zp = zp.to(torch.int32).t().contiguous()  # [N, G] -> [G, N], packed along N, stored [ceil(N*b/32), G]
+        t["weight_zero_point"] = elements.pack_int32(zp, s.weight_bits).t().contiguous()
     return t
 
 

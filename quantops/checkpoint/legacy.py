@@ -77,7 +77,8 @@ def _check(t, name, dtype, shape, where):
 def _scheme(bits, group_size, k, symmetric, actorder) -> QuantScheme:
     channel = group_size == -1 or group_size >= k
     return scheme_from_fields(dict(
-        weight=f"int{bits}", weight_strategy="channel" if channel else "group", group_size=None if channel else group_size,
+        weight=f"int{bits}", weight_strategy="channel" if channel else "group",
+        group_size=None if channel else group_size,
         block_size=None, symmetric=symmetric, actorder=actorder and not channel, act=None, act_strategy=None,
         act_group_size=None, act_dynamic=True, act_symmetric=True), "legacy checkpoint")
 

@@ -92,7 +92,13 @@ class Shards:
             raise CheckpointError(f"{path}: no model.safetensors, safetensors shards or pytorch_model.bin")
         self._bin = {}
         for b in bins:  # never unpickle arbitrary objects: tensors only, memory-mapped
-            sd = torch.load(b, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                sd = torch.load(b, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:
+                raise CheckpointError(f"{b}: not a plain tensor file (quantops unpickles nothing but tensors; "
+                                      f"convert it to safetensors): {type(e).__name__}: {str(e)[:200]}") from None
+            if not isinstance(sd, dict) or not all(isinstance(t, torch.Tensor) for t in sd.values()):
+                raise CheckpointError(f"{b}: expected a dict of tensors")
             for key, t in sd.items():
                 self._bin[key] = t
                 self.where[key] = b.name
@@ -229,14 +235,20 @@ def _parameters_on_meta():
         nn.Module.register_parameter = register
 
 
-def _resolve_dtype(dtype, config) -> torch.dtype:
-    if dtype is None:
-        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(dtype, str) and dtype != "auto":
+def _float_dtype(dtype):
+    if isinstance(dtype, str):
         dtype = getattr(torch, dtype.replace("torch.", ""), None)
-    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype.itemsize >= 2:
-        return dtype
-    return torch.bfloat16
+    ok = isinstance(dtype, torch.dtype) and dtype in (torch.bfloat16, torch.float16, torch.float32)
+    return dtype if ok else None
+
+
+def _resolve_dtype(dtype, config) -> torch.dtype:
+    """The model (activation) dtype: the argument, else the config's, else bfloat16."""
+    if dtype is not None:
+        if _float_dtype(dtype) is None:
+            raise ValueError(f"dtype must be torch.bfloat16, torch.float16 or torch.float32, got {dtype!r}")
+        return _float_dtype(dtype)
+    return _float_dtype(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)) or torch.bfloat16
 
 
 def _build(transformers, config, dtype):
@@ -295,6 +307,8 @@ def load_pretrained(path, *, device=None, dtype=None) -> nn.Module:
         model = _fill(model, shards, handler, device, dtype)
     finally:
         shards.close()
+    if (path / "generation_config.json").is_file():
+        model.generation_config = transformers.GenerationConfig.from_pretrained(str(path))
     model.eval()
     model.quantops_source = {"path": str(path), "method": handler.method}
     return model
@@ -348,13 +362,15 @@ def _fill(model, shards: Shards, handler: _Handler, device, dtype) -> nn.Module:
             if p is not None and p.device.type == "meta":
                 key = f"{mname}.{pname}" if mname else pname
                 aliases.setdefault(id(p), []).append((mod, pname, key))
-        for bname, b in mod._buffers.items():
-            if b is None or bname in mod._non_persistent_buffers_set:
+        for bname, b in list(mod._buffers.items()):
+            if b is None:
                 continue
             key = f"{mname}.{bname}" if mname else bname
-            if key in shards:
+            if bname not in mod._non_persistent_buffers_set and key in shards:
                 mod._buffers[bname] = move(_float_tensor(shards.get(key), b, key))
                 used.add(key)
+            else:  # computed at construction (RoPE tables): only moved
+                mod._buffers[bname] = move(b)
     missing = []
     for group in aliases.values():
         mod0, pname0, _ = group[0]
@@ -381,6 +397,7 @@ def _fill(model, shards: Shards, handler: _Handler, device, dtype) -> nn.Module:
         if unused_in_layers:
             some = list(unused_in_layers.items())[:3]
             parts.append("tensors quantops does not use (KV-cache/output/dynamic-activation scales): "
-                         + "; ".join(f"{n}: {', '.join(u)}" for n, u in some) + (" ..." if len(unused_in_layers) > 3 else ""))
+                         + "; ".join(f"{n}: {', '.join(u)}" for n, u in some)
+                         + (" ..." if len(unused_in_layers) > 3 else ""))
         warnings.warn("quantops.load_pretrained: " + ". ".join(parts), stacklevel=3)
     return model

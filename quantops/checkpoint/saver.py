@@ -147,7 +147,8 @@ def save_pretrained(model: nn.Module, path, *, max_shard_size="5GB") -> Path:
                       lambda p: p.write_text(json.dumps(index, indent=2, sort_keys=True)))
         written.add("model.safetensors.index.json")
     # files of an older checkpoint in this directory would contradict the new one
-    for old in list(path.glob("model*.safetensors")) + [path / "model.safetensors.index.json", path / "hf_quant_config.json"]:
+    stale = [path / "model.safetensors.index.json", path / "hf_quant_config.json"]
+    for old in list(path.glob("model*.safetensors")) + stale:
         if old.exists() and old.name not in written:
             old.unlink()
 

@@ -6,7 +6,8 @@ Memory-bound at M <= 16: each lane streams 16-byte chunks of weights (bypassing 
 registers (magic-number int4/int8 conversion, bit-placed e2m1/e4m3 with the block scale applied in bf16x2),
 and feeds bf16/fp16 tensor-core MMAs (m16n8k16) whose 16 rows are the batch; warps of a block split K and
 reduce in shared memory, and the split is sized so that every SM has enough loads in flight.
-Ranked for M <= 16; the op itself handles any M (chunks of 16 rows).
+Up to 4 MMA row tiles (M <= 64) per launch; the op itself handles any M (chunks of 64 rows). Weights, scales
+and zero points stream through a 4-stage cp.async pipeline per warp, so loads in flight hold no registers.
 
 Needs: CUDA sm_80+, the quantops_cuda extension (built from csrc/ on first use; see cuda_ext.py).
 """
@@ -46,14 +47,15 @@ def weight_only_gemv_cuda(
     qweight: torch.Tensor,
     scales: torch.Tensor,
     zeros: Optional[torch.Tensor],
+    alpha: Optional[torch.Tensor],
     perm: Optional[torch.Tensor],
     fmt: int,
     group_size: int,
     n: int,
     k: int,
 ) -> torch.Tensor:
-    """x [M, K] bf16/fp16 -> [M, N] in x's dtype. qweight/scales/zeros as WeightOnlyGemvCudaKernel.prepare makes
-    them; perm (act-order) gathers x's columns into the weights' column order first."""
+    """x [M, K] bf16/fp16 -> [M, N] in x's dtype. qweight/scales/zeros/alpha as WeightOnlyGemvCudaKernel.prepare
+    makes them; perm (act-order) gathers x's columns into the weights' column order first."""
     check_activation("weight_only_gemv_cuda", x, k, qweight, _DTYPES if fmt in (FMT_INT4, FMT_INT8) else (torch.bfloat16,))
     if perm is not None:
         x = x.index_select(1, perm)
@@ -61,12 +63,12 @@ def weight_only_gemv_cuda(
     from . import cuda_ext
 
     return cuda_ext.extension.weight_only_gemv(
-        x, qweight, scales, zeros, fmt, group_size, n, k, cuda_ext.stream_handle(x)
+        x, qweight, scales, zeros, alpha, fmt, group_size, n, k, cuda_ext.stream_handle(x)
     )
 
 
 @weight_only_gemv_cuda.register_fake
-def _(x, qweight, scales, zeros, perm, fmt, group_size, n, k):
+def _(x, qweight, scales, zeros, alpha, perm, fmt, group_size, n, k):
     return x.new_empty((x.shape[0], n))
 
 
@@ -111,6 +113,10 @@ class WeightOnlyGemvCudaKernel(LinearKernel):
             prepared = act_order_to_contiguous_groups(prepared, self.scheme, cfg.n, cfg.k)
         if element_bits(self.fmt) == 4:
             prepared["qweight"] = interleave_nibbles(prepared["qweight"])
+        if self.fmt in (FMT_FP4, FMT_FP8):  # scales as stored (1 byte per block), decoded in the kernel
+            prepared["scales"] = tensors["weight_scale"].contiguous().view(torch.uint8)
+            if self.scheme.weight == "nvfp4":
+                prepared["alpha"] = (1.0 / tensors["weight_global_scale"].float()).reshape(1).contiguous()
         return prepared
 
     def apply_2d(self, x, prepared, bias):
@@ -121,6 +127,7 @@ class WeightOnlyGemvCudaKernel(LinearKernel):
             prepared["qweight"],
             prepared["scales"],
             prepared.get("zeros"),
+            prepared.get("alpha"),
             prepared.get("perm"),
             self.fmt,
             self.group_size,

@@ -158,7 +158,7 @@ def gemm_config(m: int, n: int, k: int, bits: int, device: torch.device) -> dict
         cfg["SPLIT_K"] = 2 if k >= 64 else 1  # exercise the split path on the CPU too
         return cfg
     if m <= 16:
-        cfg = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256 if bits == 4 else 128, num_warps=4, num_stages=4)
+        cfg = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3)
     elif m <= 32:
         cfg = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4)
     elif m <= 64:
