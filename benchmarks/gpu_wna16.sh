@@ -7,7 +7,8 @@
 #
 # Environment: OUT (default ./gpu-out); PHASES (default "build tests sweep bench bench2"); TEST_TIMEOUT (s,
 # default 240); BENCH_SECONDS (default 120); SCHEMES/SHAPES (bench: default W4A16 on square-8192,llama3-8b) and
-# SCHEMES2/SHAPES2 (bench2: the other weight-only schemes on square-8192); MS (batch sizes).
+# SCHEMES2/SHAPES2 (bench2: the other weight-only schemes on square-8192); MS (batch sizes); BENCH_ARGS (extra
+# arguments of the first bench, e.g. "--kernels Gemv").
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -42,7 +43,8 @@ fi
 : >"$OUT/bench.log"
 if has bench; then
   python3 -m quantops.bench --schemes "${SCHEMES:-W4A16}" --shapes "${SHAPES:-square-8192,llama3-8b}" --m "$MS" \
-    --out "$OUT" --no-compile --warmup-ms 5 --rep-ms 20 --max-seconds "${BENCH_SECONDS:-120}" >>"$OUT/bench.log" 2>&1
+    --out "$OUT" --no-compile --warmup-ms 5 --rep-ms 20 --max-seconds "${BENCH_SECONDS:-120}" ${BENCH_ARGS:-} \
+    >>"$OUT/bench.log" 2>&1
   echo "bench: exit $? after $(( $(date +%s) - t0 ))s"
 fi
 if has bench2; then

@@ -437,10 +437,12 @@ __global__ void __launch_bounds__(256, 2) weight_only_gemv_kernel(const T* __res
           xb[4 * v] = c.x, xb[4 * v + 1] = c.y, xb[4 * v + 2] = c.z, xb[4 * v + 3] = c.w;
         }
       }
+      // k-steps outer, tiles inner: consecutive MMAs go to independent accumulators, so the in-order issue
+      // does not wait out each MMA's latency (time grew with M at a fixed byte count: latency-bound)
 #pragma unroll
-      for (int t = 0; t < NT; ++t) {
+      for (int s = 0; s < STEPS; ++s) {
 #pragma unroll
-        for (int s = 0; s < STEPS; ++s) {
+        for (int t = 0; t < NT; ++t) {
           mma16816<T>(acc[mt][t], xa[2 * s], xb[2 * s], xa[2 * s + 1], xb[2 * s + 1], p[t][2 * s], p[t][2 * s + 1]);
         }
       }
@@ -486,8 +488,9 @@ __global__ void __launch_bounds__(256, 2) weight_only_gemv_kernel(const T* __res
 // Host-side choice of the split: enough warps in flight to cover memory latency on every SM, within the
 // shared memory the pipeline needs.
 inline void choose_split(const GemvArgs& a, int values_per_chunk, int* ksplit, int* nt) {
-  // 4 tiles of 8 rows per warp for 4-bit weights at M <= 16 (more bytes in flight per warp), else 2 (registers)
-  int n_tile = a.M > 16 ? 2 : (a.nt > 0 ? a.nt : (values_per_chunk == 32 ? 4 : 2));
+  // 4 tiles of 8 rows per warp at M <= 16 on wide layers (more bytes per warp), else 2 (more blocks; and the
+  // register budget of several m-tiles). H200 sweep: N >= 8192 favoured 4, N = 4096..6144 favoured 2.
+  int n_tile = a.M > 16 ? 2 : (a.nt > 0 ? a.nt : (a.N >= 8192 ? 4 : 2));
   const int blocks = (a.N + 8 * n_tile - 1) / (8 * n_tile);
   const int iters = (a.K + 4 * values_per_chunk - 1) / (4 * values_per_chunk);
   int ks = a.ksplit > 8 ? 8 : a.ksplit;  // blocks of at most 256 threads (__launch_bounds__)

@@ -42,7 +42,7 @@ class Settings:
     inductor_options: tuple = ()  # sorted (key, value) pairs
 
     def describe(self) -> str:
-        parts = [f"scheme={self.scheme.key() if self.scheme else None}"]
+        parts = [f"scheme={self.scheme.key()}"] if self.scheme else []
         for name in ("linear_backend", "disabled_kernels", "capability", "libraries", "exclude", "batch_invariant"):
             v = getattr(self, name)
             if v not in (None, (), frozenset()):

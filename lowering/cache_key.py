@@ -55,7 +55,7 @@ def sources_digest(extra_classes=()) -> str:
         h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
         try:
             h.update(file_digest(inspect.getsourcefile(cls) or "").encode())
-        except TypeError:
+        except (TypeError, OSError):  # defined in __main__ or a notebook: its name alone goes into the key
             pass
     return h.hexdigest()
 

@@ -288,7 +288,6 @@ class _Lowering:
         self.extra_inputs: list[torch.Tensor] = []
         self.derivations: list[Derivation] = []
         self.layers: list[LayerDecision] = []
-        self.platforms: set[str] = set()
         # the mode of Dynamo's example values (the tracing context holds another one, made for the backend)
         metas = [n.meta.get("example_value") for n in self.values.placeholders]
         self.fake_mode = next((m.fake_mode for m in metas if hasattr(m, "fake_mode")), None)
@@ -298,7 +297,6 @@ class _Lowering:
     # -- selection -----------------------------------------------------------------------------
     def select(self, scheme, n, k, dtype, device, has_bias) -> Selection:
         s = self.settings
-        where = {}
         if s.capability == "cpu":
             where = {"device": "cpu"}
         elif s.capability is not None:

@@ -12,7 +12,7 @@ import torch
 
 from quantops import cli
 
-SMALL = ["--layers", "1", "--hidden", "128", "--intermediate", "256", "--vocab", "256", "--batch", "2", "--seq", "16"]
+SMALL = ["--device", "cpu", "--layers", "1", "--hidden", "128", "--intermediate", "256", "--vocab", "256", "--batch", "2", "--seq", "16"]
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,9 @@ plain-linear quantization, fusion of activation quantization, freezing, explain(
 Compiles are slow on small CPUs, so the models are tiny and each Inductor test checks several things.
 Tolerances: the compiled graph runs the same kernels as the eager quantized model, but Inductor skips the
 bf16 rounding between fused ops (after RMSNorm, SiLU), which moves some FP8/INT8 activations by one
-quantization step: relative L2 error <= 5e-2 against the eager quantized model by default, <= 1e-2 with
-Inductor's emulate_precision_casts=True (eager's roundings), exact equality where the same ops run eagerly.
+quantization step: relative L2 error <= 5e-2 against the eager quantized model (FP8 e4m3 activations: observed
+2-3e-2 on torch 2.11 and 2.13; <= 1e-2 on 2.13 with Inductor's emulate_precision_casts=True), exact equality
+where the same ops run eagerly. A kernel on the wrong or stale weights is off by ~1.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from quantops.lowering.rewrite import split_source_path
 from test_lowering_support import (CountingFp8Kernel, SmallMFp8Kernel, UnrecordableFp8Kernel, counts, registered,
                                    rel_err, tiny_mlp)
 
-TOL = 5e-2  # default Inductor numerics
-TIGHT = 1e-2  # emulate_precision_casts=True
+TOL = 5e-2
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +49,7 @@ def test_settings_and_sources():
     b = make_backend(scheme="fp8-dynamic", disabled_kernels="B,A", exclude="lm_head")
     assert b.settings.disabled_kernels == ("A", "B") and b.settings.exclude == ("lm_head",)
     assert repr(b) == "quantops.backend(scheme=FP8_DYNAMIC, disabled_kernels=('A', 'B'), exclude=('lm_head',))"
+    assert repr(make_backend()) == "quantops.backend()"
     assert split_source_path("L['self']._modules['model']._modules['layers']._modules['0']._modules['mlp']"
                              "._modules['up_proj']._parameters['weight_scale']") == ("model.layers.0.mlp.up_proj", "weight_scale")
     assert split_source_path("L['x']") is None
@@ -101,7 +102,7 @@ def test_prepare_once_m_plan_and_dynamic_batch():
         # the small-M kernel ran for M = 1, 2 (and the 3 repeats of M = 1), in both layers
         assert counts("SmallMFp8Kernel") - before_small == 2 * (2 + 3)
         for out, ref in zip(outs, refs):
-            assert rel_err(out, ref) < TIGHT
+            assert rel_err(out, ref) < TOL
 
         torch._dynamo.reset()
         be = make_backend()

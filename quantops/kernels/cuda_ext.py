@@ -1,7 +1,7 @@
 """The CUDA C++ kernels of csrc/, built on first import on a CUDA machine.
 
-`torch.utils.cpp_extension.load` compiles csrc/ once per source change (ninja, cached under
-$TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) for sm_80 and sm_90a. Importing this module IS the
+`torch.utils.cpp_extension.load` compiles csrc/ once per version of its files (ninja, cached under
+$TORCH_EXTENSIONS_DIR/quantops_cuda_<hash>, by default in ~/.cache/torch_extensions) for sm_80 and sm_90a. Importing this module IS the
 build: where it cannot happen (no GPU, no nvcc, a compile error) the import raises ImportError("not built:
 <reason>"), which `needs_library("quantops_cuda")` turns into the registry's rejection reason. The torch.library
 ops (with their fake impls) live beside each kernel's class (cuda_wna16.py) and call `extension` lazily, so the
@@ -10,6 +10,7 @@ package imports and its CPU tests pass without a compiler.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -45,15 +46,33 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def source_hash() -> str:
+    """Hash of every file under csrc/ (headers included), the flags and the torch/CUDA versions: the build
+    directory and module name carry it, so a changed header can never link against stale objects."""
+    h = hashlib.sha256()
+    for path in sorted(CSRC.iterdir()):
+        if path.is_file():
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    h.update(" ".join(NVCC_FLAGS).encode())
+    h.update(f"{torch.__version__} {torch.version.cuda}".encode())
+    return h.hexdigest()[:16]
+
+
 def _build():
     reason = unavailable_reason()
     if reason is not None:
         raise ImportError(f"not built: {reason}")
     from torch.utils.cpp_extension import load
 
+    name = f"quantops_cuda_{source_hash()}"
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
+    build_dir = os.path.join(root, name)
     try:
+        os.makedirs(build_dir, exist_ok=True)
         return load(
-            name="quantops_cuda",
+            name=name,
+            build_directory=build_dir,
             sources=[str(CSRC / s) for s in SOURCES],
             extra_cflags=["-O3"],
             extra_cuda_cflags=list(NVCC_FLAGS),

@@ -63,19 +63,18 @@ RANKING: dict[str, dict[str, list[str]]] = {
     },
     # INT4 / INT8 weight-only (W4A16, W4A16_ASYM, W8A16)
     "wna16": {
-        # Hopper weight-only: CUDA GEMV (csrc/) for decode, Triton tensor-core GEMM for mid M, dequantize +
-        # cuBLAS for prefill; tinygemm and FBGEMM stay ranked as alternatives (chosen if those above are
-        # disabled or cannot run the layer). Provisional thresholds, pending `quantops bench` on an H200.
+        # H200 (`quantops bench`, eager, L2-cold, geo-mean over 8192x8192 + Llama-3-8B layers, ratio to bf16):
+        # CUDA GEMV M<=16 (W4A16 1.1-1.45x); FBGEMM bf16i4 0.8-0.9x for 17..2048 (int4 groups, bf16); Triton
+        # 0.55-0.65x up to 64 where FBGEMM cannot run (W8A16, fp16, act-order); dequantize + cuBLAS 0.9-0.95x
+        # at M>=2048. tinygemm is the fastest at M=1 (1.5-1.8x vs 1.2-1.5x) but falls to 0.5x by M=16.
         "cuda": [
+            "tinygemm_int4:Int4TinygemmKernel@m<=1",
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
-            "triton_wna16:WeightOnlyGemmTritonKernel@m<=128",
+            "fbgemm_int4:Int4RowwiseFbgemmKernel@m<=2048",
+            "triton_wna16:WeightOnlyGemmTritonKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
-            "tinygemm_int4:Int4TinygemmKernel",
-            "fbgemm_int4:Int4RowwiseFbgemmKernel",
             EMULATION,
         ],
-        # CPU (2048x2048, 2 cores, torch 2.13): bf16 int4 M=1/32 19/24 ms vs emulation 132/226 ms; int8
-        # 24/23 vs 117/181. fp32 ops are per-row GEMVs (6-10x faster at M=1, slower past M~8): fp32 @m<=8.
         "cpu": [
             "cpu_wna16:Int8WeightOnlyCpuKernel",
             "cpu_wna16:Int4WeightOnlyCpuKernel",
@@ -84,13 +83,13 @@ RANKING: dict[str, dict[str, list[str]]] = {
             EMULATION,
         ],
     },
-    # W4AFP8: activations rounded to fp8 per token (plain torch) then the weight-only kernels, or FBGEMM's
-    # fp8 x int4 CUTLASS GEMM.
+    # W4AFP8: activations rounded to fp8 per token (plain torch) then the CUDA GEMV for decode, else FBGEMM's
+    # fp8 x int4 CUTLASS GEMM (0.7x of bf16 on H200 at every M); Triton / dequantize as fallbacks.
     "w4afp8": {
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
-            "triton_wna16:WeightOnlyGemmTritonKernel@m<=128",
             "fbgemm_int4:W4AFp8RowwiseFbgemmKernel",
+            "triton_wna16:WeightOnlyGemmTritonKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             EMULATION,
         ],
@@ -106,17 +105,19 @@ RANKING: dict[str, dict[str, list[str]]] = {
             "fbgemm_nvfp4:FbgemmNvfp4Kernel",
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
-            "triton_wna16:WeightOnlyGemmTritonKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
+            "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
         ],
         "cpu": [EMULATION],
     },
     "nvfp4a16": {
+        # H200: CUDA GEMV for decode; dequantize + cuBLAS above (0.3x at M=64 rising to 0.9x at 4096); the
+        # Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
-            "triton_wna16:WeightOnlyGemmTritonKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
+            "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
         ],
         "cpu": [EMULATION],
@@ -127,17 +128,19 @@ RANKING: dict[str, dict[str, list[str]]] = {
             "flashinfer_mxfp4:FlashInferCuteDslMxfp4Kernel",
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
-            "triton_wna16:WeightOnlyGemmTritonKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
+            "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
         ],
         "cpu": [EMULATION],
     },
     "mxfp4a16": {
+        # H200: CUDA GEMV for decode; dequantize + cuBLAS above (0.3x at M=64 rising to 0.9x at 4096); the
+        # Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
-            "triton_wna16:WeightOnlyGemmTritonKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
+            "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
         ],
         "cpu": [EMULATION],
@@ -148,17 +151,19 @@ RANKING: dict[str, dict[str, list[str]]] = {
             "flashinfer_mxfp8:FlashInferCutlassMxfp8Kernel",
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
-            "triton_wna16:WeightOnlyGemmTritonKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
+            "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
         ],
         "cpu": [EMULATION],
     },
     "mxfp8a16": {
+        # H200: CUDA GEMV for decode; dequantize + cuBLAS above (0.3x at M=64 rising to 0.9x at 4096); the
+        # Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
-            "triton_wna16:WeightOnlyGemmTritonKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
+            "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
         ],
         "cpu": [EMULATION],
