@@ -11,7 +11,7 @@ from .checkpoint import load_pretrained, save_pretrained
 from .formats import dequantize_weight, quantize_weight
 from .kernels.base import LinearConfig, LinearKernel
 from .kernels.registry import Selection, register_kernel, select_kernel, unregister_kernel
-from .modules import QuantizedLinear, calibrate, quantization_report, quantize_model
+from .modules import QuantizedLinear, calibrate, load_quantized_state_dict, quantization_report, quantize_model
 from .schemes import PRESETS, QuantScheme, get_scheme, scheme_names
 
 __version__ = "0.1.0"
@@ -31,6 +31,7 @@ __all__ = [
     "unregister_kernel",
     "QuantizedLinear",
     "quantize_model",
+    "load_quantized_state_dict",
     "quantization_report",
     "calibrate",
     "backend",

@@ -6,6 +6,8 @@
     quantops run --model DIR         a local Hugging Face model directory (quantops.load_pretrained)
     quantops explain                 the explain() output (kernel table and rewritten graph) for the same model
     quantops explain --capability 9.0    ... what an H100 would run (graphs only)
+    quantops bench                   time every kernel that runs here against bf16 F.linear (quantops.bench)
+    quantops bench --e2e             end-to-end Llama-3-8B-architecture benchmark (quantops.bench_e2e)
 
 Subcommands are registered in SUBCOMMANDS: a function that adds its parser to the subparsers and sets
 `func`, the handler that gets the parsed arguments and returns the exit status.
@@ -355,8 +357,17 @@ def add_explain_parser(sub):
     p.set_defaults(func=cmd_explain)
 
 
-# Each adds one subcommand (another module may append its own, e.g. `bench`).
-SUBCOMMANDS = [add_run_parser, add_explain_parser]
+def add_bench_parser(sub):
+    from .bench import add_bench_parser as add_kernel_bench
+
+    add_kernel_bench(sub)
+    sub.choices["bench"].add_argument(
+        "--e2e", action="store_true",
+        help="the end-to-end Llama-3-8B-architecture benchmark instead (quantops.bench_e2e; see quantops bench --e2e --help)")
+
+
+# Each adds one subcommand.
+SUBCOMMANDS = [add_run_parser, add_explain_parser, add_bench_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"] and "--e2e" in argv:  # the end-to-end benchmark has its own options
+        from .bench_e2e import main as e2e_main
+
+        return e2e_main([a for a in argv[1:] if a != "--e2e"])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
