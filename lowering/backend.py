@@ -179,12 +179,29 @@ class QuantopsBackend:
         report.cache_key = cache_key(repr(self.settings), classes, plans)
         inner = patches.get("post_grad_custom_post_pass", inductor_config.post_grad_custom_post_pass)
         patches["post_grad_custom_post_pass"] = QuantopsCachePass(report.cache_key, inner)
+        _static_shapes_for(lowered.extra_inputs)
         compiled = compile_fx(lowered.gm, inputs, config_patches=patches)
         ctx = torch._guards.TracingContext.try_get()
         meta = getattr(ctx, "fw_metadata", None)
         if meta is not None:
             report.static_input_indices = list(meta.static_input_indices)
         return compiled
+
+
+def _static_shapes_for(extra_inputs):
+    """AOTAutograd fakifies an input Dynamo did not see with fresh size symbols that have no source; a guard
+    on one (e.g. a [1, N] scale broadcast under backed_size_oblivious) then fails. The derived tensors have
+    fixed shapes: say so in the tracing context, which AOTAutograd consults first."""
+    ctx = torch._guards.TracingContext.try_get()
+    if ctx is None:
+        return
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, StatefulSymbolicContext
+
+    for i, t in enumerate(extra_inputs):
+        if t not in ctx.tensor_to_context:
+            ctx.tensor_to_context[t] = StatefulSymbolicContext(
+                dynamic_sizes=[DimDynamic.STATIC] * t.dim(), tensor_source=ConstantSource(f"__quantops_derived_{i}"))
 
 
 def backend(

@@ -344,3 +344,21 @@ def test_explain_default_model_paths_and_simulated_target():
     with pytest.raises(Exception, match="describes another machine"):
         with torch.no_grad():
             torch.compile(model, backend=make_backend(capability=(9, 0)))(tokens)
+
+
+def test_derived_tensors_keep_static_shapes_under_dynamic_batch():
+    """A kernel whose prepare() derives new tensors (the CPU int8 kernel's [1, N] fp32 scales) compiles once under
+    the README's dynamic-batch settings: the derived inputs must not get size symbols of their own (a guard on
+    such a symbol, e.g. from broadcasting the [1, N] scale, fails in Dynamo)."""
+    model = quantops.quantize_model(tiny_mlp(), "W8A8")
+    be = make_backend()
+    compiled = torch.compile(model, backend=be)
+    xs = [torch.randn(m, 64, dtype=torch.bfloat16) for m in (1, 7, 33)]
+    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        for i, x in enumerate(xs):
+            x = x.clone()
+            if i == 0:
+                torch._dynamo.mark_dynamic(x, 0)
+            assert rel_err(compiled(x), model(x)) < TOL
+    assert len(be.graphs) == 1
+    assert any(l.kernel == "Int8IntMMCpuKernel" for g in be.graphs for l in g.layers)
