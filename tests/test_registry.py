@@ -318,3 +318,13 @@ def test_needs_helpers():
         assert needs_library("flashinfer") == (False, "flashinfer not installed (simulated)")
     ok, why = needs_library("surely_not_a_module_xyz")
     assert not ok and why.startswith("surely_not_a_module_xyz not available")
+
+
+def test_plan_merges_one_kernel_ranked_for_adjacent_m_ranges(monkeypatch):
+    """A kernel that wins a small-M entry and the unrestricted entry after it is one plan entry, not two."""
+    from quantops.kernels import ranking
+
+    monkeypatch.setitem(ranking.RANKING, "wna16", {"cpu": ["emulation:EmulationKernel@m<=4", "emulation:EmulationKernel"]})
+    sel = select_kernel("W4A16", N=64, K=128, device="cpu")
+    assert [cls.__name__ for _, cls in sel.plan] == ["EmulationKernel"]
+    assert sel.plan[0][0] is None

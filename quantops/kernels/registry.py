@@ -249,7 +249,10 @@ def select_kernel(
             if why is not None:
                 rejected.append((name, why))
                 continue
-            plan.append((cand.max_m, cls))
+            if plan and plan[-1][1] is cls:  # the same kernel again: one wider M range
+                plan[-1] = (cand.max_m, cls)
+            else:
+                plan.append((cand.max_m, cls))
             covered = max(covered, cand.max_m or 0)
     if not plan or plan[-1][0] is not None:
         detail = "; ".join(f"{n}: {w}" for n, w in rejected) or "no candidates"
