@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import OK, LinearKernel, check_all, needs_library
-from .fp4_layouts import CUTLASS_FP4_ALIGN, check_canonical, fp4_weight_cutlass, needs_sm, quantize_activation_linear
+from .base import LinearKernel, check_all, needs_library
+from .fp4_layouts import native_scheme_check, CUTLASS_FP4_ALIGN, check_canonical, fp4_weight_cutlass, needs_sm, quantize_activation_linear
 from .fp4_layouts import round_up, swizzle_128x4
 
 
@@ -57,10 +57,7 @@ class FbgemmNvfp4Kernel(LinearKernel):
 
     @classmethod
     def can_implement(cls, config):
-        s = config.scheme
-        if (s.weight, s.act, s.group_size, s.act_group_size) != ("nvfp4", "nvfp4", 16, 16):
-            return False, f"{cls.kernel_name()} runs NVFP4 W4A4 (blocks of 16), not {s.key()}"
-        return OK
+        return native_scheme_check(cls.kernel_name(), config.scheme, "nvfp4", 16, "NVFP4 W4A4")
 
     def prepare(self, tensors):
         cfg = self.config

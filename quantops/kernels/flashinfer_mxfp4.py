@@ -17,7 +17,7 @@ import torch
 
 from .base import OK, LinearKernel, check_all, needs_library
 from .flashinfer_nvfp4 import flashinfer_mm_fp4  # noqa: F401  (registers quantops::flashinfer_mm_fp4)
-from .fp4_layouts import check_canonical, fp4_weight_cutlass, needs_sm, quantize_activation_linear
+from .fp4_layouts import native_scheme_check, check_canonical, fp4_weight_cutlass, needs_sm, quantize_activation_linear
 
 
 def needs_cute_dsl():
@@ -43,10 +43,7 @@ class FlashInferCuteDslMxfp4Kernel(LinearKernel):
 
     @classmethod
     def can_implement(cls, config):
-        s = config.scheme
-        if (s.weight, s.act, s.group_size, s.act_group_size) != ("mxfp4", "mxfp4", 32, 32):
-            return False, f"{cls.kernel_name()} runs MXFP4 W4A4 (blocks of 32), not {s.key()}"
-        return OK
+        return native_scheme_check(cls.kernel_name(), config.scheme, "mxfp4", 32, "MXFP4 W4A4")
 
     def prepare(self, tensors):
         cfg = self.config

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from .base import OK, LinearKernel, check_all, needs_library
-from .fp4_layouts import SF_ROWS, check_canonical, mxfp8_weight_cutlass, needs_sm, pad_2d, quantize_activation_linear
+from .fp4_layouts import native_scheme_check, SF_ROWS, check_canonical, mxfp8_weight_cutlass, needs_sm, pad_2d, quantize_activation_linear
 from .fp4_layouts import round_up, swizzle_128x4
 
 MIN_N = 128
@@ -78,9 +78,9 @@ class FlashInferCutlassMxfp8Kernel(LinearKernel):
 
     @classmethod
     def can_implement(cls, config):
-        s = config.scheme
-        if (s.weight, s.act, s.group_size, s.act_group_size) != ("mxfp8", "mxfp8", 32, 32):
-            return False, f"{cls.kernel_name()} runs MXFP8 W8A8 (blocks of 32), not {s.key()}"
+        ok = native_scheme_check(cls.kernel_name(), config.scheme, "mxfp8", 32, "MXFP8 W8A8")
+        if not ok[0]:
+            return ok
         if config.k < MIN_K:
             return False, f"mm_mxfp8 needs K >= {MIN_K} (smaller K may give NaN/Inf), got K={config.k}"
         if config.n < MIN_N:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .base import OK, LinearKernel, check_all, needs_library
 from .fp4_layouts import (
     CUTLASS_FP4_ALIGN,
+    native_scheme_check,
     check_canonical,
     fp4_weight_cutlass,
     fp4_weight_trtllm,
@@ -104,10 +105,7 @@ class _FlashInferNvfp4Kernel(LinearKernel):
 
     @classmethod
     def can_implement(cls, config):
-        s = config.scheme
-        if (s.weight, s.act, s.group_size, s.act_group_size) != ("nvfp4", "nvfp4", 16, 16):
-            return False, f"{cls.kernel_name()} runs NVFP4 W4A4 (blocks of 16), not {s.key()}"
-        return OK
+        return native_scheme_check(cls.kernel_name(), config.scheme, "nvfp4", 16, "NVFP4 W4A4")
 
     def _weight_layout(self, packed, scale, n, k):
         packed, scale = fp4_weight_cutlass(packed, scale, n, k)

@@ -195,6 +195,13 @@ def _(x, global_scale, act, k_padded):
 # -- hardware gates ---------------------------------------------------------------------------------------------
 
 
+def native_scheme_check(kernel: str, scheme, fmt: str, block: int, what: str):
+    """The native kernels take one exact scheme: `fmt` weights and activations in blocks of `block`."""
+    if (scheme.weight, scheme.act, scheme.group_size, scheme.act_group_size) != (fmt, fmt, block, block):
+        return False, f"{kernel} runs {what} (blocks of {block}), not {scheme.key()}"
+    return True, None
+
+
 def needs_sm(capability, supported: tuple[int, ...], what: str):
     """capability within [min, max] of `supported` (SM versions as 100, 103, 120...) and one of them."""
     lo, hi = min(supported), max(supported)
