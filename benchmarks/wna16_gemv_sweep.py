@@ -1,5 +1,4 @@
-"""Decode GEMV on the GPU: time the CUDA weight-only GEMV for every launch shape (warps splitting K x 8-row tiles
-per warp) against bf16 F.linear, and report bytes moved per microsecond against the measured copy bandwidth.
+"""Decode GEMV on the GPU: time the CUDA weight-only GEMV for every launch shape (warps splitting K) against bf16 F.linear, and report bytes moved per microsecond against the measured copy bandwidth.
 
     python benchmarks/wna16_gemv_sweep.py [--out DIR]
 
@@ -24,8 +23,8 @@ from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 
 SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 EXTRA = ["NVFP4A16", "MXFP4A16", "W8A16", "MXFP8A16", "W4A16_ASYM"]  # on 8192x8192 only
-MS = [1, 4, 16, 32, 64]
-SPLITS = [(0, 0)] + [(ks, nt) for ks in (1, 2, 4, 8) for nt in (2, 4)]  # nt=4 only applies at M <= 16
+MS = [1, 4, 8, 16]
+SPLITS = [0, 1, 2, 4, 8]  # warps per block splitting K (0: the launcher's choice)
 FLUSH = 256 << 20
 
 
@@ -78,18 +77,16 @@ def main():
             bf16_us = graph_time([lambda wc=wc: torch.nn.functional.linear(x, wc) for wc in bf_copies])
             moved = wbytes + x.numel() * 2 + m * n * 2
             best = None
-            for ks, nt in SPLITS:
-                if m > 16 and nt == 4:
-                    continue
+            for ks in SPLITS:
                 calls = [
-                    lambda pp=pp, ks=ks, nt=nt: ext.weight_only_gemv(
+                    lambda pp=pp, ks=ks: ext.weight_only_gemv(
                         x, pp["qweight"], pp["scales"], pp.get("zeros"), pp.get("alpha"), kernel.fmt, kernel.group_size, n, k,
-                        cuda_ext.stream_handle(x), ks, nt,
+                        cuda_ext.stream_handle(x), ks,
                     )
                     for pp in preps
                 ]
                 us = graph_time(calls)
-                row = dict(scheme=name, n=n, k=k, m=m, ksplit=ks, nt=nt, us=round(us, 2), bf16_us=round(bf16_us, 2),
+                row = dict(scheme=name, n=n, k=k, m=m, ksplit=ks, us=round(us, 2), bf16_us=round(bf16_us, 2),
                            ratio=round(bf16_us / us, 2), gbps=round(moved / us / 1e3, 1),
                            pct_copy_bw=round(100 * moved / us / 1e6 / bw, 1))
                 rows.append(row)
@@ -99,7 +96,7 @@ def main():
                         and r["ksplit"] == 0)
             print(f"{name:10s} {n:5d}x{k:<5d} M={m:<2d} bf16 {bf16_us:7.1f}us | auto {auto['us']:6.1f}us "
                   f"{auto['ratio']:4.2f}x {auto['gbps']:6.0f} GB/s ({auto['pct_copy_bw']:4.1f}% copy) | best "
-                  f"ks={best['ksplit']:<2d} nt={best['nt']} {best['us']:6.1f}us {best['ratio']:4.2f}x", flush=True)
+                  f"ks={best['ksplit']:<2d} {best['us']:6.1f}us {best['ratio']:4.2f}x", flush=True)
         del preps, bf_copies
         torch.cuda.empty_cache()
     path = os.path.join(args.out, "gemv_sweep.csv")

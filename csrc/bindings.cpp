@@ -42,7 +42,7 @@ struct DeviceScope {
 at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                             const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& alpha,
                             int64_t fmt, int64_t group_size, int64_t n, int64_t k, int64_t stream_handle,
-                            int64_t ksplit, int64_t nt) {
+                            int64_t ksplit) {
   TORCH_CHECK(x.is_cuda() && qweight.is_cuda() && scales.is_cuda(), "weight_only_gemv: tensors must be on CUDA");
   TORCH_CHECK(x.dim() == 2 && x.size(1) == k, "weight_only_gemv: x must be [M, ", k, "], got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
@@ -50,18 +50,30 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
   TORCH_CHECK(x.is_contiguous() && qweight.is_contiguous() && scales.is_contiguous(),
               "weight_only_gemv: tensors must be contiguous");
   const int bits = (fmt == quantops::kInt4 || fmt == quantops::kFp4) ? 4 : 8;
-  const int vpc = 128 / bits;
+  const int vpc = 128 / bits, tile_k = 4 * vpc;
   TORCH_CHECK(k % vpc == 0, "weight_only_gemv: K must be a multiple of ", vpc);
-  TORCH_CHECK(qweight.scalar_type() == at::kInt && qweight.size(0) == n && qweight.size(1) * 32 == k * bits,
-              "weight_only_gemv: qweight must be int32 [", n, ", ", k * bits / 32, "]");
+  // tiles of 16 rows x tile_k columns (cuda_wna16.py prepares them): [n_pad, k_pad * bits / 32] int32
+  TORCH_CHECK(qweight.scalar_type() == at::kInt && qweight.dim() == 2, "weight_only_gemv: qweight must be 2-D int32");
+  const int64_t n_pad = qweight.size(0), k_pad = qweight.size(1) * 32 / bits;
+  TORCH_CHECK(n_pad % 16 == 0 && n_pad >= n && n_pad < n + 16 && k_pad % tile_k == 0 && k_pad >= k &&
+                  k_pad < k + tile_k,
+              "weight_only_gemv: qweight ", qweight.sizes(), " is not the tiled layout of a ", n, "x", k, " weight");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(qweight.data_ptr()) % 16 == 0 &&
                   reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
               "weight_only_gemv: x and qweight must be 16-byte aligned");
-  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == n, "weight_only_gemv: scales must be [N, G]");
   const bool is_int = fmt == quantops::kInt4 || fmt == quantops::kInt8;
   TORCH_CHECK(is_int ? scales.scalar_type() == x.scalar_type() : scales.scalar_type() == at::kByte,
               "weight_only_gemv: scales must be in x's dtype (int formats) or uint8 e4m3/e8m0 codes (fp formats)");
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(scales.data_ptr()) % 4 == 0, "weight_only_gemv: scales must be 4-byte aligned");
+  const int64_t groups = scales.dim() == 2 ? scales.size(1) : 0;
+  int shift = 31;  // per-channel: every column in group 0
+  if (groups != 1) {
+    TORCH_CHECK(group_size > 0 && (group_size & (group_size - 1)) == 0,
+                "weight_only_gemv: group size must be a power of two, got ", group_size);
+    shift = 0;
+    while ((int64_t(1) << shift) < group_size) ++shift;
+  }
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == n_pad && (groups == 1 || groups * group_size >= k_pad),
+              "weight_only_gemv: scales must be [", n_pad, ", G] covering ", k_pad, " columns, got ", scales.sizes());
   const bool nvfp4 = fmt == quantops::kFp4 && group_size == 16;
   TORCH_CHECK(!nvfp4 || (alpha && alpha->is_cuda() && alpha->scalar_type() == at::kFloat && alpha->numel() == 1),
               "weight_only_gemv: NVFP4 needs alpha = 1 / weight_global_scale, fp32 [1] on the GPU");
@@ -91,12 +103,14 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
     a.M = int(std::min<int64_t>(quantops::kMaxRows, m - m0));
     a.N = int(n);
     a.K = int(k);
-    a.G = int(scales.size(1));
+    a.n_pad = int(n_pad);
+    a.tiles_k = int(k_pad / tile_k);
+    a.G = int(groups);
+    a.group_shift = shift;
     a.group_size = int(group_size);
     a.fmt = int(fmt);
     a.bf16 = x.scalar_type() == at::kBFloat16;
     a.ksplit = int(ksplit);
-    a.nt = int(nt);
     a.num_sms = num_sms;
     const cudaError_t err = is_int ? quantops::launch_weight_only_gemv_int(a, stream)
                                    : quantops::launch_weight_only_gemv_fp(a, stream);
@@ -108,8 +122,8 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("weight_only_gemv", &weight_only_gemv, "Weight-only GEMV for M <= 64 (chunks of 64 rows beyond)",
+  m.def("weight_only_gemv", &weight_only_gemv, "Weight-only GEMV for M <= 16 (chunks of 16 rows beyond)",
         pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"), pybind11::arg("alpha"),
         pybind11::arg("fmt"), pybind11::arg("group_size"), pybind11::arg("n"), pybind11::arg("k"),
-        pybind11::arg("stream"), pybind11::arg("ksplit") = 0, pybind11::arg("nt") = 0);
+        pybind11::arg("stream"), pybind11::arg("ksplit") = 0);
 }

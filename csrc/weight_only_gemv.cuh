@@ -1,23 +1,27 @@
 // Weight-only GEMV for decode batches (M <= 64): 4-/8-bit weights dequantized in registers, bf16/fp16
 // tensor-core MMA (mma.sync m16n8k16, plain sm_80+ instructions), fp32 accumulation.
 //
-// Work split. A warp owns NT tiles of 8 output rows (n) and walks K in "iterations" of 4*VPC columns: lane
-// (g = lane/4, t = lane%4) loads one 16-byte chunk (VPC = 128/bits values) of row n0+8*tile+g at column
-// it*4*VPC + t*VPC. The 4 lanes of a group together cover 4*VPC columns, i.e. VPC/4 MMA k-steps of 16.
-// The MMA's k order inside a step is free as long as A (activations) and B (weights) agree, so every lane
-// feeds B with consecutive pairs of its own chunk and A with the same pairs of x: no shuffles, no shared
-// memory on the way in. Up to 4 tiles of 16 rows of x are the MMA's A rows (rows >= M are zero registers).
-// A block holds KSPLIT warps on the same rows that split the iterations; they reduce through shared memory.
-// Weights, scales and zero points stream through a per-warp cp.async pipeline in shared memory (each lane
-// reads back only what it copied, so no barrier is needed), kStages-1 iterations ahead: the loads in flight
-// do not hold registers, which is what keeps HBM busy at M = 1.
+// Roles are swapped against a GEMM ("swap AB"): the MMA's 16-row A operand is a tile of 16 WEIGHT rows and
+// its 8-column B operand is 8 rows of x, so at M <= 8 every MMA does useful work on 256 weights (twice what x
+// as A would give) and M <= 64 takes 1, 2, 4 or 8 MMAs per k-step.
 //
-// Weight layouts (prepared once in Python):
-//   int4 / fp4: 8 nibbles per 32-bit word, reordered at prepare time so that nibble slots (p, p+4) of a word
-//               hold elements (2p, 2p+1): one shift + one LOP3 yields a pair of adjacent elements.
-//   int8 / fp8: 4 bytes per word, natural order.
-// Integers are stored with the +2^(bits-1) offset (compressed-tensors); zero points likewise (uint8 [N, G]).
-// Scales [N, G]: int formats in the activation dtype; NVFP4 e4m3 bytes (times alpha = 1/global scale); MX e8m0.
+// Layout (prepared once in Python, see cuda_wna16.py): the weights are stored tile by tile, each tile = 16
+// rows x KB columns = 1024 bytes, KB = 4 chunks of 16 bytes (128 4-bit / 64 8-bit values), tiles of one row
+// band consecutive along K. Lane (g = lane/4, t = lane%4) reads bytes [16*lane, +16) (row g, chunk t) and
+// [512 + 16*lane, +16) (row g+8, chunk t): every warp load is 512 contiguous bytes and a warp walking K reads
+// one contiguous stream, which is what HBM wants. The MMA's k order inside a step is free as long as A and B
+// agree, so each lane feeds its own chunk's consecutive pairs and the same pairs of x: no shuffles, no shared
+// memory on the way in.
+//   int4 / fp4: 8 nibbles per 32-bit word, nibble slots (p, p+4) hold elements (2p, 2p+1): one shift + one
+//               LOP3 yields a pair of adjacent elements. int8 / fp8: 4 bytes per word, natural order.
+// Integers carry the +2^(bits-1) offset (compressed-tensors); zero points likewise (uint8 [N, G]).
+// Scales [N, G] (rows and groups padded like the weights): int formats in the activation dtype; NVFP4 e4m3
+// bytes (times alpha = 1/global scale); MX e8m0 bytes.
+//
+// Scales are applied to the fp32 accumulators once per tile when a group spans whole tiles (int formats,
+// group >= KB: g128 and per-channel), else to the dequantized pairs (g32/g64, NVFP4 g16, MX g32).
+// Block = S warps on one 16-row band splitting its tiles along K (each warp a contiguous range, read through
+// a ring of D tiles of loads in flight held in registers); the S partial sums meet in shared memory.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -36,6 +40,7 @@ struct FormatTraits {
   static constexpr int kBits = (FMT == kInt4 || FMT == kFp4) ? 4 : 8;
   static constexpr int kValuesPerChunk = 128 / kBits;  // one 16-byte load
   static constexpr bool kIsInt = (FMT == kInt4 || FMT == kInt8);
+  static constexpr int kBlockK = 4 * kValuesPerChunk;  // columns of one 1024-byte tile
 };
 
 template <typename T>
@@ -52,6 +57,13 @@ struct Vec2<__half> {
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   uint32_t r;
   asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+// (a & b) | c in one LOP3 (the compiler splits it in two when both constants are immediates)
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
   return r;
 }
 
@@ -148,10 +160,10 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p) {
 
 // ---- dequantization of one 16-byte chunk into PAIRS packed T2 values (pair i = elements 2i, 2i+1) ----------
 
-// int4: (code - zero) * scale. Magic-number conversion: OR-ing a nibble into the mantissa of 128.0 (bf16) or
+// int4: (code - zero) [* scale]. Magic-number conversion: OR-ing a nibble into the mantissa of 128.0 (bf16) or
 // 1024.0 (fp16) gives 128+code (1024+code) exactly; subtracting 128+zero (1024+zero) is exact; one rounding
-// in the multiply by the scale.
-template <typename T>
+// in the multiply by the scale (none when the scale is applied to the accumulators instead).
+template <typename T, bool SCALE>
 __device__ __forceinline__ void dequant_int4(const uint4& w, uint32_t zero2, uint32_t scale2, uint32_t (&p)[16]) {
   constexpr uint32_t kMagic = std::is_same<T, __nv_bfloat16>::value ? 0x43004300u : 0x64006400u;
   const uint32_t words[4] = {w.x, w.y, w.z, w.w};
@@ -159,14 +171,15 @@ __device__ __forceinline__ void dequant_int4(const uint4& w, uint32_t zero2, uin
   for (int j = 0; j < 4; ++j) {
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      const uint32_t v = ((words[j] >> (4 * q)) & 0x000F000Fu) | kMagic;
-      p[4 * j + q] = mul2<T>(sub2<T>(v, zero2), scale2);
+      const uint32_t v = and_or(words[j] >> (4 * q), 0x000F000Fu, kMagic);
+      p[4 * j + q] = SCALE ? mul2<T>(sub2<T>(v, zero2), scale2) : sub2<T>(v, zero2);
     }
   }
 }
 
-// int8: byte -> fp32 through the 2^23 magic (exact), minus the zero, times the scale, one rounding to T.
-template <typename T>
+// int8: byte -> fp32 through the 2^23 magic (exact), minus the zero (exact), [times the scale,] one rounding to
+// T (none without the scale: |code - zero| <= 255 fits bf16 and fp16).
+template <typename T, bool SCALE>
 __device__ __forceinline__ void dequant_int8(const uint4& w, float zero, float scale, uint32_t (&p)[8]) {
   const uint32_t words[4] = {w.x, w.y, w.z, w.w};
   const float bias = 8388608.0f + zero;
@@ -176,7 +189,7 @@ __device__ __forceinline__ void dequant_int8(const uint4& w, float zero, float s
     for (int q = 0; q < 2; ++q) {
       const float lo = __uint_as_float(prmt(words[j], 0x4B000000u, 0x7440u + 2 * q)) - bias;
       const float hi = __uint_as_float(prmt(words[j], 0x4B000000u, 0x7441u + 2 * q)) - bias;
-      p[2 * j + q] = pack2<T>(lo * scale, hi * scale);
+      p[2 * j + q] = SCALE ? pack2<T>(lo * scale, hi * scale) : pack2<T>(lo, hi);
     }
   }
 }
@@ -239,13 +252,9 @@ __device__ __forceinline__ void dequant_fp8(const uint4& w, const FpScale& s, ui
 // ---- scales ------------------------------------------------------------------------------------------
 
 // How the per-group scales are stored: in the activation dtype (int formats), e4m3 times a global factor
-// (NVFP4), or e8m0 powers of two (MX). All are fetched as the aligned 32-bit word that holds them.
+// (NVFP4), or e8m0 powers of two (MX).
 enum ScaleKind : int { kScaleT = 0, kScaleE4m3 = 1, kScaleE8m0 = 2 };
 
-template <typename T, int SK>
-struct ScaleTraits {
-  static constexpr int kBytes = SK == kScaleT ? 2 : 1;
-};
 
 __device__ __forceinline__ float e4m3_to_float(uint32_t b) {
   const uint32_t e = (b >> 3) & 0xF, m = b & 7;
@@ -257,285 +266,257 @@ __device__ __forceinline__ float e8m0_to_float(uint32_t code) {
   return code ? __uint_as_float(code << 23) : __uint_as_float(0x00400000u);  // 2^(code-127); 0 -> 2^-127
 }
 
-// ---- cp.async (sm_80+): global -> shared without registers, completion tracked per thread -------------------
+// ---- the kernel ------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+// One scale (or zero) code as stored: T bits for the int formats, one byte for e4m3 / e8m0.
+template <int SK>
+__device__ __forceinline__ uint32_t load_scale_code(const uint8_t* scales, size_t idx) {
+  if constexpr (SK == kScaleT) {
+    return __ldg(reinterpret_cast<const unsigned short*>(scales) + idx);
+  } else {
+    return __ldg(scales + idx);
+  }
 }
 
-template <typename P>
-__device__ __forceinline__ const uint32_t* aligned_word(const P* p) {
-  return reinterpret_cast<const uint32_t*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(3));
+template <typename T, int SK>
+__device__ __forceinline__ float decode_scale(uint32_t code, float global) {
+  if constexpr (SK == kScaleT) {
+    const uint16_t bits = uint16_t(code);
+    return to_float<T>(*reinterpret_cast<const T*>(&bits));
+  } else if constexpr (SK == kScaleE4m3) {
+    return e4m3_to_float(code) * global;
+  } else {
+    return e8m0_to_float(code);
+  }
 }
 
-// ---- the kernel ----------------------------------------------------------------------------------------
-
-constexpr int kStages = 4;  // cp.async pipeline depth: kStages-1 iterations of loads in flight per warp
-
-// One pipeline slot of one warp: every lane's 16-byte weight chunk, scale word(s) and zero word per tile.
-template <int NT, int SPC>
-struct Slot {
-  uint4 w[NT][32];
-  uint32_t s[NT][SPC][32];
-  uint32_t z[NT][32];
-};
-
-template <typename T, int FMT, int NT, int MT, int SPC, int SK, bool HAS_ZP>
-__global__ void __launch_bounds__(256, 2) weight_only_gemv_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
-                                                               const void* __restrict__ scales_ptr,
+// NT: 16-row bands per warp (x is loaded once for all of them); MH: 8-row halves of x (M <= 8 * MH); SPC:
+// scales per 16-byte chunk (2 for NVFP4's blocks of 16); POST: scales applied to the accumulators once per tile;
+// D: tiles of loads in flight per band and warp.
+template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int NT, int MH, int D>
+__global__ void __launch_bounds__(256) weight_only_gemv_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
+                                                               const uint8_t* __restrict__ scales,
                                                                const uint8_t* __restrict__ zeros,
                                                                const float* __restrict__ alpha, T* __restrict__ out,
-                                                               int M, int N, int K, int G, int group_size) {
+                                                               int M, int N, int K, int G, int group_shift,
+                                                               int tiles_k) {
   using Traits = FormatTraits<FMT>;
   constexpr int VPC = Traits::kValuesPerChunk;
   constexpr int PAIRS = VPC / 2;
-  constexpr int STEPS = VPC / 4;  // MMA k-steps per chunk: each lane gives 4 values to each step
-  constexpr int KCHUNK = 4 * VPC;
-  constexpr int SBYTES = ScaleTraits<T, SK>::kBytes;
-  using SlotT = Slot<NT, SPC>;
-  const uint8_t* scale_bytes = static_cast<const uint8_t*>(scales_ptr);
-
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int STEPS = VPC / 4;  // MMA k-steps per chunk: each lane gives 4 values of each row to each step
+  constexpr int KB = Traits::kBlockK;
+  static_assert(!POST || Traits::kIsInt, "accumulator scaling is for integer weights");
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  const int ksplit = blockDim.x >> 5;
+  const int warps = blockDim.x >> 5;
   const int g = lane >> 2;
   const int tig = lane & 3;
-  const int n_base = blockIdx.x * (8 * NT);
-  const int chunks_per_row = K / VPC;
-  const int iters = (K + KCHUNK - 1) / KCHUNK;
-  const int my_iters = warp < iters ? (iters - warp + ksplit - 1) / ksplit : 0;
-  SlotT* slots = reinterpret_cast<SlotT*>(smem_raw) + warp * kStages;
+  const int band0 = blockIdx.x * NT;
+  const int per_warp = (tiles_k + warps - 1) / warps;
+  const int first = warp * per_warp;
+  const int count = max(0, min(tiles_k, first + per_warp) - first);
   const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
-
-  float acc[MT][NT][4];
+  // this lane's chunk of row g in tile `first` of each band (row g+8 is 32 chunks further)
+  const uint4* wrow[NT];
+  const uint8_t* srow[NT][2];
+  const uint8_t* zrow[NT][2];
+  constexpr int SBYTES = SK == kScaleT ? 2 : 1;
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int t = 0; t < NT; ++t) {
+    wrow[t] = w + ((size_t)(band0 + t) * tiles_k + first) * 64 + lane;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const size_t row = size_t((band0 + t) * 16 + 8 * r + g) * G;
+      srow[t][r] = scales + row * SBYTES;
+      zrow[t][r] = zeros + row;
+    }
+  }
+
+  // the ring: tile j of this warp sits in slot j % D from its load until its use D tiles later
+  uint4 wb[D][NT][2];
+  uint32_t sb[D][NT][2][SPC];
+  uint32_t zb[D][NT][2];
+  auto load = [&](int j, uint4 (&wv)[NT][2], uint32_t (&sv)[NT][2][SPC], uint32_t (&zv)[NT][2]) {
+    if (j < count) {
+      const int col = (first + j) * KB + tig * VPC;
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        wv[t][0] = load_weights(wrow[t] + j * 64);
+        wv[t][1] = load_weights(wrow[t] + j * 64 + 32);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+#pragma unroll
+          for (int i = 0; i < SPC; ++i) {
+            const int grp = (col + i * (VPC / SPC)) >> group_shift;
+            sv[t][r][i] = SK == kScaleT ? uint32_t(__ldg(reinterpret_cast<const unsigned short*>(srow[t][r]) + grp))
+                                        : uint32_t(__ldg(srow[t][r] + grp));
+          }
+          if constexpr (HAS_ZP) zv[t][r] = __ldg(zrow[t][r] + (col >> group_shift));
+        }
+      }
+    }
+  };
+#pragma unroll
+  for (int d = 0; d < D; ++d) load(d, wb[d], sb[d], zb[d]);
+
+  float acc[NT][MH][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int h = 0; h < MH; ++h)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[t][h][r] = 0.f;
+
+  const T* xrow[MH];
+#pragma unroll
+  for (int h = 0; h < MH; ++h) xrow[h] = x + (size_t)min(h * 8 + g, M - 1) * K + tig * VPC;
+
+  for (int j0 = 0; j0 < count; j0 += D) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const int j = j0 + d;
+      if (j >= count) break;
+      const int col = (first + j) * KB + tig * VPC;
+      // x first: its loads (L1 hits mostly) are in flight during the dequantization below
+      uint32_t xr[MH][PAIRS];
+#pragma unroll
+      for (int h = 0; h < MH; ++h) {
+#pragma unroll
+        for (int i = 0; i < PAIRS; ++i) xr[h][i] = 0u;
+        if (h * 8 + g < M && col < K) {
+          const uint4* src = reinterpret_cast<const uint4*>(xrow[h] + (first + j) * KB);
+#pragma unroll
+          for (int v = 0; v < PAIRS / 4; ++v) {
+            const uint4 c = __ldg(src + v);
+            xr[h][4 * v] = c.x, xr[h][4 * v + 1] = c.y, xr[h][4 * v + 2] = c.z, xr[h][4 * v + 3] = c.w;
+          }
+        }
+      }
+      uint4 wv[NT][2];
+      uint32_t sv[NT][2][SPC], zv[NT][2];
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          wv[t][r] = wb[d][t][r];
+#pragma unroll
+          for (int i = 0; i < SPC; ++i) sv[t][r][i] = sb[d][t][r][i];
+          zv[t][r] = zb[d][t][r];
+        }
+      load(j + D, wb[d], sb[d], zb[d]);  // refill the slot: D tiles ahead
+
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        // rows g and g+8 of the tile, dequantized: the MMA's A fragments
+        uint32_t pa[2][PAIRS];
+        float post[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float s[SPC];
+#pragma unroll
+          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK>(sv[t][r][i], global);
+          post[r] = s[0];
+          if constexpr (FMT == kInt4) {
+            constexpr float kBase = std::is_same<T, __nv_bfloat16>::value ? 128.f : 1024.f;
+            const float zero = HAS_ZP ? kBase + float(zv[t][r]) : kBase + 8.f;
+            dequant_int4<T, !POST>(wv[t][r], splat2<T>(from_float<T>(zero)), splat2<T>(from_float<T>(s[0])), pa[r]);
+          } else if constexpr (FMT == kInt8) {
+            dequant_int8<T, !POST>(wv[t][r], HAS_ZP ? float(zv[t][r]) : 128.f, s[0], pa[r]);
+          } else if constexpr (FMT == kFp4) {
+            FpScale fs[SPC];
+#pragma unroll
+            for (int i = 0; i < SPC; ++i) fs[i] = make_fp_scale(s[i], 8.507059173023462e37f /* 2^126 */);
+            dequant_fp4<SPC>(wv[t][r], fs, pa[r]);
+          } else {
+            dequant_fp8(wv[t][r], make_fp_scale(s[0], 1.329227995784916e36f /* 2^120 */), pa[r]);
+          }
+        }
+#pragma unroll
+        for (int h = 0; h < MH; ++h) {
+          // two accumulator chains (even / odd k-steps) so that consecutive MMAs do not wait on each other
+          float c[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+          for (int st = 0; st < STEPS; ++st) {
+            mma16816<T>(c[st & 1], pa[0][2 * st], pa[1][2 * st], pa[0][2 * st + 1], pa[1][2 * st + 1], xr[h][2 * st],
+                        xr[h][2 * st + 1]);
+          }
+          // c[.][0..1]: weight row g, c[.][2..3]: row g+8 (columns: x rows 2*tig, 2*tig+1 of this half)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const float v = c[0][r] + c[1][r];
+            acc[t][h][r] = POST ? fmaf(v, post[r >> 1], acc[t][h][r]) : acc[t][h][r] + v;
+          }
+        }
+      }
+    }
+  }
+
+  // the warps' partial sums meet in shared memory; thread i then owns accumulator slot i of the block
+  auto store = [&](int t, int h, int r, int l, float v) {
+    const int n = (band0 + t) * 16 + (l >> 2) + (r >= 2 ? 8 : 0);
+    const int m = h * 8 + (l & 3) * 2 + (r & 1);
+    if (m < M && n < N) out[(size_t)m * N + n] = from_float<T>(v);
+  };
+  constexpr int SLOTS = NT * MH * 4 * 32;
+  if (warps > 1) {
+    extern __shared__ float reduce_buf[];
 #pragma unroll
     for (int t = 0; t < NT; ++t)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) acc[mt][t][r] = 0.f;
-
-  // the j-th iteration of this warp covers columns [it*KCHUNK, (it+1)*KCHUNK), it = warp + j*ksplit
-  auto issue = [&](int j) {
-    SlotT& sl = slots[j % kStages];
-    const int kc = (warp + j * ksplit) * KCHUNK + tig * VPC;
-    const bool kvalid = j < my_iters && kc < K;
+      for (int h = 0; h < MH; ++h)
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const int n = n_base + t * 8 + g;
-      if (kvalid && n < N) {
-        cp_async16(&sl.w[t][lane], w + (size_t)n * chunks_per_row + kc / VPC);
-#pragma unroll
-        for (int s = 0; s < SPC; ++s) {
-          const size_t idx = (size_t)n * G + (kc + s * (VPC / SPC)) / group_size;
-          cp_async4(&sl.s[t][s][lane], aligned_word(scale_bytes + idx * SBYTES));
-        }
-        if constexpr (HAS_ZP) cp_async4(&sl.z[t][lane], aligned_word(zeros + (size_t)n * G + kc / group_size));
-      } else {  // out of range: zero weights and scales (the matching x is zero too)
-        sl.w[t][lane] = make_uint4(0, 0, 0, 0);
-#pragma unroll
-        for (int s = 0; s < SPC; ++s) sl.s[t][s][lane] = 0u;
-        if constexpr (HAS_ZP) sl.z[t][lane] = 0u;
-      }
-    }
-    cp_async_commit();  // one group per iteration, possibly empty, so that wait_group counts iterations
-  };
-
-#pragma unroll
-  for (int j = 0; j < kStages - 1; ++j) issue(j);
-
-  for (int j = 0; j < my_iters; ++j) {
-    cp_async_wait<kStages - 2>();  // this lane's loads of iteration j have landed (its own data only)
-    // refill the slot consumed by iteration j-1 (its values were used before this point)
-    issue(j + kStages - 1);
-    const SlotT& sl = slots[j % kStages];
-    const int kc = (warp + j * ksplit) * KCHUNK + tig * VPC;
-    const bool kvalid = kc < K;
-
-    // dequantized weights of every tile, then one pass over the m-tiles (x loaded once per m-tile)
-    uint32_t p[NT][PAIRS];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const uint4 wv = sl.w[t][lane];
-      const int n = n_base + t * 8 + g;
-      float sv[SPC];
-#pragma unroll
-      for (int s = 0; s < SPC; ++s) {
-        const uint32_t word = sl.s[t][s][lane];
-        const size_t idx = (size_t)min(n, N - 1) * G + (min(kc, K - 1) + s * (VPC / SPC)) / group_size;
-        const uint32_t shift = 8 * uint32_t((reinterpret_cast<uintptr_t>(scale_bytes + idx * SBYTES)) & 3);
-        if constexpr (SK == kScaleT) {
-          const uint16_t bits = uint16_t(word >> shift);
-          sv[s] = to_float<T>(*reinterpret_cast<const T*>(&bits));
-        } else if constexpr (SK == kScaleE4m3) {
-          sv[s] = e4m3_to_float((word >> shift) & 0xFF) * global;
-        } else {
-          sv[s] = e8m0_to_float((word >> shift) & 0xFF);
-        }
-      }
-      if (!(kvalid && n < N)) {  // zeroed slot: keep every weight 0 (e8m0 code 0 is not 0)
-#pragma unroll
-        for (int s = 0; s < SPC; ++s) sv[s] = 0.f;
-      }
-      if constexpr (FMT == kInt4) {
-        uint32_t zero2;
-        if constexpr (HAS_ZP) {
-          const size_t zi = (size_t)min(n, N - 1) * G + min(kc, K - 1) / group_size;
-          const float zp = float((sl.z[t][lane] >> (8 * (reinterpret_cast<uintptr_t>(zeros + zi) & 3))) & 0xFF);
-          zero2 = splat2<T>(from_float<T>((std::is_same<T, __nv_bfloat16>::value ? 128.f : 1024.f) + zp));
-        } else {
-          zero2 = splat2<T>(from_float<T>(std::is_same<T, __nv_bfloat16>::value ? 136.f : 1032.f));
-        }
-        dequant_int4<T>(wv, zero2, splat2<T>(from_float<T>(sv[0])), p[t]);
-      } else if constexpr (FMT == kInt8) {
-        float zp = 128.f;
-        if constexpr (HAS_ZP) {
-          const size_t zi = (size_t)min(n, N - 1) * G + min(kc, K - 1) / group_size;
-          zp = float((sl.z[t][lane] >> (8 * (reinterpret_cast<uintptr_t>(zeros + zi) & 3))) & 0xFF);
-        }
-        dequant_int8<T>(wv, zp, sv[0], p[t]);
-      } else if constexpr (FMT == kFp4) {
-        FpScale fs[SPC];
-#pragma unroll
-        for (int s = 0; s < SPC; ++s) fs[s] = make_fp_scale(sv[s], 8.507059173023462e37f /* 2^126 */);
-        dequant_fp4<SPC>(wv, fs, p[t]);
-      } else {
-        dequant_fp8(wv, make_fp_scale(sv[0], 1.329227995784916e36f /* 2^120 */), p[t]);
-      }
-    }
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const int r0 = mt * 16 + g, r1 = r0 + 8;
-      uint32_t xa[PAIRS], xb[PAIRS];
-#pragma unroll
-      for (int i = 0; i < PAIRS; ++i) xa[i] = xb[i] = 0u;
-      if (kvalid && r0 < M) {
-        const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)r0 * K + kc);
-#pragma unroll
-        for (int v = 0; v < PAIRS / 4; ++v) {
-          const uint4 c = __ldg(src + v);
-          xa[4 * v] = c.x, xa[4 * v + 1] = c.y, xa[4 * v + 2] = c.z, xa[4 * v + 3] = c.w;
-        }
-      }
-      if (kvalid && r1 < M) {
-        const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)r1 * K + kc);
-#pragma unroll
-        for (int v = 0; v < PAIRS / 4; ++v) {
-          const uint4 c = __ldg(src + v);
-          xb[4 * v] = c.x, xb[4 * v + 1] = c.y, xb[4 * v + 2] = c.z, xb[4 * v + 3] = c.w;
-        }
-      }
-      // k-steps outer, tiles inner: consecutive MMAs go to independent accumulators, so the in-order issue
-      // does not wait out each MMA's latency (time grew with M at a fixed byte count: latency-bound)
-#pragma unroll
-      for (int s = 0; s < STEPS; ++s) {
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          mma16816<T>(acc[mt][t], xa[2 * s], xb[2 * s], xa[2 * s + 1], xb[2 * s + 1], p[t][2 * s], p[t][2 * s + 1]);
-        }
-      }
-    }
-  }
-  cp_async_wait<0>();
-
-  // reduce the KSPLIT warps' partial sums (the pipeline's shared memory is reused); thread i then owns
-  // accumulator slot i of the block's tile
-  constexpr int SLOTS = MT * NT * 4 * 32;
-  float* reduce_buf = reinterpret_cast<float*>(smem_raw);
-  if (ksplit > 1) {
-    __syncthreads();
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int t = 0; t < NT; ++t)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) reduce_buf[warp * SLOTS + ((mt * NT + t) * 4 + r) * 32 + lane] = acc[mt][t][r];
+        for (int r = 0; r < 4; ++r) reduce_buf[warp * SLOTS + ((t * MH + h) * 4 + r) * 32 + lane] = acc[t][h][r];
     __syncthreads();
     for (int i = threadIdx.x; i < SLOTS; i += blockDim.x) {
       float sum = 0.f;
-      for (int wi = 0; wi < ksplit; ++wi) sum += reduce_buf[wi * SLOTS + i];
-      const int l = i % 32, r = (i / 32) % 4, t = (i / 128) % NT, mt = i / (128 * NT);
-      const int m = mt * 16 + (l >> 2) + (r >= 2 ? 8 : 0);
-      const int n = n_base + t * 8 + (l & 3) * 2 + (r & 1);
-      if (m < M && n < N) out[(size_t)m * N + n] = from_float<T>(sum);
+      for (int wi = 0; wi < warps; ++wi) sum += reduce_buf[wi * SLOTS + i];
+      store(i / (MH * 128), (i / 128) % MH, (i / 32) % 4, i % 32, sum);
     }
   } else {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+    for (int t = 0; t < NT; ++t)
 #pragma unroll
-      for (int t = 0; t < NT; ++t)
+      for (int h = 0; h < MH; ++h)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int m = mt * 16 + g + (r >= 2 ? 8 : 0);
-          const int n = n_base + t * 8 + tig * 2 + (r & 1);
-          if (m < M && n < N) out[(size_t)m * N + n] = from_float<T>(acc[mt][t][r]);
-        }
+        for (int r = 0; r < 4; ++r) store(t, h, r, lane, acc[t][h][r]);
   }
 }
 
-// Host-side choice of the split: enough warps in flight to cover memory latency on every SM, within the
-// shared memory the pipeline needs.
-inline void choose_split(const GemvArgs& a, int values_per_chunk, int* ksplit, int* nt) {
-  // 4 tiles of 8 rows per warp at M <= 16 on wide layers (more bytes per warp), else 2 (more blocks; and the
-  // register budget of several m-tiles). H200 sweep: N >= 8192 favoured 4, N = 4096..6144 favoured 2.
-  int n_tile = a.M > 16 ? 2 : (a.nt > 0 ? a.nt : (a.N >= 8192 ? 4 : 2));
-  const int blocks = (a.N + 8 * n_tile - 1) / (8 * n_tile);
-  const int iters = (a.K + 4 * values_per_chunk - 1) / (4 * values_per_chunk);
-  int ks = a.ksplit > 8 ? 8 : a.ksplit;  // blocks of at most 256 threads (__launch_bounds__)
-  if (ks <= 0) {
-    const int target = (a.num_sms > 0 ? a.num_sms : 132) * 16;
-    ks = 1;
-    while (ks < 8 && blocks * ks < target && iters >= 4 * ks) ks *= 2;
-  }
-  *ksplit = ks;
-  *nt = n_tile;
+// ---- launch ----------------------------------------------------------------------------------------------
+
+// Warps per block splitting K: enough warps in flight on every SM to cover HBM latency, each with at least
+// a few tiles to stream.
+inline int choose_warps(const GemvArgs& a, int nt) {
+  if (a.ksplit > 0) return a.ksplit > 8 ? 8 : a.ksplit;
+  const int blocks = a.n_pad / (16 * nt);
+  const int target = (a.num_sms > 0 ? a.num_sms : 132) * 16;
+  int s = 1;
+  while (s < 8 && blocks * s < target && a.tiles_k >= 4 * s) s *= 2;
+  return s;
 }
 
-inline int m_tiles(int M) { return M <= 16 ? 1 : (M <= 32 ? 2 : 4); }
-
-template <typename T, int FMT, int NT, int MT, int SPC, int SK, bool HAS_ZP>
-cudaError_t launch_typed(const GemvArgs& a, int ksplit, cudaStream_t stream) {
-  const int blocks = (a.N + 8 * NT - 1) / (8 * NT);
-  const size_t pipe = size_t(ksplit) * kStages * sizeof(Slot<NT, SPC>);
-  const size_t reduce = ksplit > 1 ? size_t(ksplit) * MT * NT * 4 * 32 * sizeof(float) : 0;
-  const size_t smem = pipe > reduce ? pipe : reduce;
-  auto kernel = weight_only_gemv_kernel<T, FMT, NT, MT, SPC, SK, HAS_ZP>;
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (err != cudaSuccess) return err;
-  }
-  kernel<<<blocks, 32 * ksplit, smem, stream>>>(static_cast<const T*>(a.x), static_cast<const uint4*>(a.w),
-                                                a.scales, a.zeros, a.alpha, static_cast<T*>(a.out), a.M, a.N, a.K,
-                                                a.G, a.group_size);
+template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int NT, int MH, int D>
+cudaError_t launch_typed(const GemvArgs& a, cudaStream_t stream) {
+  const int warps = choose_warps(a, NT);
+  const size_t smem = warps > 1 ? size_t(warps) * NT * MH * 4 * 32 * sizeof(float) : 0;
+  weight_only_gemv_kernel<T, FMT, SPC, SK, HAS_ZP, POST, NT, MH, D><<<a.n_pad / (16 * NT), 32 * warps, smem, stream>>>(
+      static_cast<const T*>(a.x), static_cast<const uint4*>(a.w), static_cast<const uint8_t*>(a.scales), a.zeros,
+      a.alpha, static_cast<T*>(a.out), a.M, a.N, a.K, a.G, a.group_shift, a.tiles_k);
   return cudaGetLastError();
 }
 
-template <typename T, int FMT, int NT, int SPC, int SK, bool HAS_ZP>
-cudaError_t launch_mt(const GemvArgs& a, int ksplit, cudaStream_t stream) {
-  if constexpr (NT == 4) {  // register budget: 4 row tiles only with one m-tile (choose_split ensures it)
-    return a.M <= 16 ? launch_typed<T, FMT, NT, 1, SPC, SK, HAS_ZP>(a, ksplit, stream) : cudaErrorInvalidValue;
-  } else {
-    switch (m_tiles(a.M)) {
-      case 1:
-        return launch_typed<T, FMT, NT, 1, SPC, SK, HAS_ZP>(a, ksplit, stream);
-      case 2:
-        return launch_typed<T, FMT, NT, 2, SPC, SK, HAS_ZP>(a, ksplit, stream);
-      default:
-        return launch_typed<T, FMT, NT, 4, SPC, SK, HAS_ZP>(a, ksplit, stream);
-    }
+// Two bands per warp where the band count is even (x loaded once per two tiles), with a ring of 2; else one
+// band with a ring of 4: the same bytes in flight per warp either way.
+template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST>
+cudaError_t launch_mh(const GemvArgs& a, cudaStream_t stream) {
+  const bool two = (a.n_pad / 16) % 2 == 0;
+  if (a.M <= 8) {
+    return two ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 1, 2>(a, stream)
+               : launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 1, 1, 4>(a, stream);
   }
+  return two ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 2, 2>(a, stream)
+             : launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 1, 2, 4>(a, stream);
 }
 
 }  // namespace quantops

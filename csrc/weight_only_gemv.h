@@ -9,20 +9,22 @@ namespace quantops {
 
 enum WeightFormat : int { kInt4 = 0, kInt8 = 1, kFp4 = 2, kFp8 = 3 };
 
-constexpr int kMaxRows = 64;  // rows of x one launch covers (up to 4 MMA tiles of 16)
+constexpr int kMaxRows = 16;  // rows of x one launch covers (two 8-column MMA halves)
 
 struct GemvArgs {
-  const void* x;
-  const void* w;
-  const void* scales;
-  const uint8_t* zeros;  // nullptr: symmetric
+  const void* x;         // [M, K], row stride K
+  const void* w;         // tiles: [n_pad / 16, tiles_k, 1024 bytes]
+  const void* scales;    // [n_pad, G]
+  const uint8_t* zeros;  // [n_pad, G] or nullptr: symmetric
   const float* alpha;    // NVFP4: 1 / weight_global_scale (device scalar); else nullptr
-  void* out;
-  int M, N, K, G, group_size;
+  void* out;             // [M, N]
+  int M, N, K;           // real sizes
+  int n_pad, tiles_k, G;
+  int group_shift;       // column -> group: col >> group_shift (31 when G == 1)
+  int group_size;
   int fmt;
   bool bf16;   // activation dtype: bf16 (true) or fp16
   int ksplit;  // warps per block splitting K; 0 = choose
-  int nt;      // 8-row tiles per warp (2 or 4); 0 = choose
   int num_sms;
 };
 

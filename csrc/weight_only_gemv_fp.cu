@@ -4,29 +4,14 @@
 
 namespace quantops {
 
-template <int FMT, int NT>
-static cudaError_t dispatch_spc(const GemvArgs& a, int ksplit, cudaStream_t stream) {
-  if constexpr (FMT == kFp4) {
-    // NVFP4: blocks of 16 (two scales per 32-value chunk), e4m3 scales times alpha; MXFP4: blocks of 32, e8m0
-    if (a.group_size == 16) return launch_mt<__nv_bfloat16, FMT, NT, 2, kScaleE4m3, false>(a, ksplit, stream);
-  }
-  return launch_mt<__nv_bfloat16, FMT, NT, 1, kScaleE8m0, false>(a, ksplit, stream);
-}
-
-template <int FMT>
-static cudaError_t dispatch_nt(const GemvArgs& a, cudaStream_t stream) {
-  int ksplit, nt;
-  choose_split(a, FormatTraits<FMT>::kValuesPerChunk, &ksplit, &nt);
-  if (nt == 2) return dispatch_spc<FMT, 2>(a, ksplit, stream);
-  if (nt == 4) return dispatch_spc<FMT, 4>(a, ksplit, stream);
-  return cudaErrorInvalidValue;
-}
-
 cudaError_t launch_weight_only_gemv_fp(const GemvArgs& a, cudaStream_t stream) {
   if (!a.bf16 || a.zeros) return cudaErrorInvalidValue;
-  if (a.fmt == kFp4 && a.group_size == 16 && a.alpha == nullptr) return cudaErrorInvalidValue;
-  if (a.fmt == kFp4) return dispatch_nt<kFp4>(a, stream);
-  if (a.fmt == kFp8) return dispatch_nt<kFp8>(a, stream);
+  if (a.fmt == kFp4 && a.group_size == 16) {  // NVFP4: two e4m3 scales per 32-value chunk, times alpha
+    if (a.alpha == nullptr) return cudaErrorInvalidValue;
+    return launch_mh<__nv_bfloat16, kFp4, 2, kScaleE4m3, false, false>(a, stream);
+  }
+  if (a.fmt == kFp4) return launch_mh<__nv_bfloat16, kFp4, 1, kScaleE8m0, false, false>(a, stream);
+  if (a.fmt == kFp8) return launch_mh<__nv_bfloat16, kFp8, 1, kScaleE8m0, false, false>(a, stream);
   return cudaErrorInvalidValue;
 }
 

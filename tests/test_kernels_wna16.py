@@ -154,11 +154,29 @@ def test_triton_op_opcheck_and_errors():
 # -- CUDA GEMV: prepare() layout, decoded in plain torch ----------------------------------------------------
 
 
+def untile_gemv_weights(qweight, bits, n, k):
+    """Inverse of the kernel's tiled layout, from its definition (csrc/weight_only_gemv.cuh): element (row, col)
+    of the 16 x tile_k tile (row // 16, col // tile_k) sits in 16-byte chunk (col % tile_k) // vpc of lane
+    (row % 8) * 4 + chunk, in the lower 512 bytes for rows 0..7 of the tile and the upper 512 for rows 8..15.
+    Returns int64 words [N, K*bits/32] in row-major code order."""
+    vpc = 128 // bits
+    tk = 4 * vpc
+    flat = qweight.reshape(-1).to(torch.int64) & 0xFFFFFFFF
+    tiles_k = qweight.shape[1] * 32 // bits // tk
+    rows = torch.arange(n).view(n, 1)
+    words = torch.arange(k * bits // 32).view(1, -1)  # word w of a row covers columns [w*32/bits, ...)
+    col = words * (32 // bits)
+    chunk, in_chunk = (col % tk) // vpc, (col % vpc) * bits // 32
+    lane = (rows % 8) * 4 + chunk
+    byte = ((rows // 16) * tiles_k + col // tk) * 1024 + (rows % 16 >= 8).long() * 512 + lane * 16 + in_chunk * 4
+    return flat[byte // 4]
+
+
 def decode_gemv_layout(prepared, scheme, n, k):
     """What the CUDA kernel reads, decoded the way it decodes it: [N, K] float in the prepared column order."""
     fmt = element_format(scheme)
     bits = element_bits(fmt)
-    words = prepared["qweight"].to(torch.int64) & 0xFFFFFFFF
+    words = untile_gemv_weights(prepared["qweight"], bits, n, k)
     per = 32 // bits
     shifts = torch.arange(per, dtype=torch.int64) * bits
     codes = (words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # [N, W, per] by slot
@@ -166,7 +184,7 @@ def decode_gemv_layout(prepared, scheme, n, k):
         codes = torch.stack([codes[..., :4], codes[..., 4:]], dim=-1).reshape(n, -1, 8)
     codes = codes.reshape(n, -1)[:, :k]
     gs = group_size(scheme, k)
-    scales = prepared["scales"]
+    scales = prepared["scales"][:n]
     if fmt in (FMT_FP4, FMT_FP8):  # stored block scales: e4m3 times alpha (NVFP4) or e8m0
         if "alpha" in prepared:
             scales = scales.view(torch.float8_e4m3fn).float() * prepared["alpha"]
@@ -177,15 +195,15 @@ def decode_gemv_layout(prepared, scheme, n, k):
         return decode_fp4(codes.to(torch.uint8)) * scales
     if fmt == FMT_FP8:
         return codes.to(torch.uint8).view(torch.float8_e4m3fn).float() * scales
-    zero = prepared["zeros"].float().repeat_interleave(gs, dim=1)[:, :k] if "zeros" in prepared else 1 << (bits - 1)
+    zero = prepared["zeros"][:n].float().repeat_interleave(gs, dim=1)[:, :k] if "zeros" in prepared else 1 << (bits - 1)
     return (codes.float() - zero) * scales
 
 
 @pytest.mark.parametrize("name,kw", SCHEMES, ids=IDS)
-def test_cuda_gemv_prepare_layout(name, kw):
+@pytest.mark.parametrize("n,k", [(24, 128), (37, 96)])  # rows and columns padded to whole tiles
+def test_cuda_gemv_prepare_layout(name, kw, n, k):
     from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 
-    n, k = 24, 128
     scheme, tensors = make_layer(name, kw, n, k)
     dtype = torch.bfloat16
     kernel = WeightOnlyGemvCudaKernel(LinearConfig(scheme, n, k, dtype))
@@ -198,6 +216,9 @@ def test_cuda_gemv_prepare_layout(name, kw):
         ref = ref[:, prepared["perm"]]
     assert torch.allclose(w, ref, rtol=1e-2, atol=1e-6)
     assert prepared["qweight"].dtype == torch.int32 and prepared["qweight"].is_contiguous()
+    bits = element_bits(element_format(scheme))
+    assert prepared["qweight"].shape == (-(-n // 16) * 16, -(-k // (512 // bits)) * 16)
+    assert prepared["scales"].shape[0] == prepared["qweight"].shape[0]
 
 
 def test_interleave_nibbles_pairs_adjacent_elements():
@@ -290,8 +311,8 @@ def test_selection_plan_on_hopper(name):
     sel = select_kernel(name, N=4096, K=4096, capability=(9, 0), libraries=["triton", "quantops_cuda", "fbgemm"])
     assert (16, "WeightOnlyGemvCudaKernel") in [(m, cls.kernel_name()) for m, cls in sel.plan]
     assert sel.for_m(8).kernel_name() == "WeightOnlyGemvCudaKernel"
-    if name == "W4A16":  # tinygemm for M=1, FBGEMM up to 2048
-        assert sel.for_m(1).kernel_name() == "Int4TinygemmKernel"
+    assert sel.for_m(1).kernel_name() == "WeightOnlyGemvCudaKernel"
+    if name == "W4A16":  # FBGEMM from 17 up to 2048
         assert sel.for_m(100).kernel_name() == "Int4RowwiseFbgemmKernel"
     assert sel.for_m(100000).kernel_name() in ("WeightOnlyDequantCublasKernel", "W4AFp8RowwiseFbgemmKernel")
 

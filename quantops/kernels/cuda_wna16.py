@@ -2,12 +2,12 @@
 W8A16 (groups, channel, act-order), W4AFP8 (activations rounded to fp8 first), NVFP4A16 / MXFP4A16 /
 MXFP8A16, and NVFP4 / MXFP4 / MXFP8 checkpoints run weight-only on Hopper.
 
-Memory-bound at M <= 16: each lane streams 16-byte chunks of weights (bypassing L1), dequantizes them in
-registers (magic-number int4/int8 conversion, bit-placed e2m1/e4m3 with the block scale applied in bf16x2),
-and feeds bf16/fp16 tensor-core MMAs (m16n8k16) whose 16 rows are the batch; warps of a block split K and
-reduce in shared memory, and the split is sized so that every SM has enough loads in flight.
-Up to 4 MMA row tiles (M <= 64) per launch; the op itself handles any M (chunks of 64 rows). Weights, scales
-and zero points stream through a 4-stage cp.async pipeline per warp, so loads in flight hold no registers.
+Memory-bound at M <= 16: prepare() stores the weights in tiles of 16 rows x 1024 bytes so that every warp
+load is 512 contiguous bytes and each warp streams one contiguous range; lanes dequantize in registers
+(magic-number int4/int8 conversion, bit-placed e2m1/e4m3) and feed bf16/fp16 tensor-core MMAs (m16n8k16)
+whose 16 rows are weight rows and whose 8 columns are the batch ("swap AB"); group scales of g128 and
+per-channel integers go on the fp32 accumulators. Warps of a block split K and reduce in shared memory; a
+ring of tiles per warp keeps loads in flight. One launch covers M <= 16; the op handles any M in chunks of 16.
 
 Needs: CUDA sm_80+, the quantops_cuda extension (built from csrc/ on first use; see cuda_ext.py).
 """
@@ -39,6 +39,32 @@ from .weight_only_layout import (
 )
 
 _DTYPES = (torch.bfloat16, torch.float16)
+TILE_N = 16  # rows of one tile (the MMA's A rows)
+
+
+def tile_k(bits: int) -> int:
+    """Columns of one 1024-byte tile: 4 lanes x one 16-byte chunk."""
+    return 4 * 128 // bits
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def _pad2d(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    out = t.new_zeros((rows, cols))
+    out[: t.shape[0], : t.shape[1]] = t
+    return out.contiguous()
+
+
+def tile_weights(words: torch.Tensor, bits: int, n_pad: int, k_pad: int) -> torch.Tensor:
+    """int32 [N, K*bits/32] (row-major codes) -> the kernel's tiles, as int32 [n_pad, k_pad*bits/32]: tiles of 16
+    rows x tile_k(bits) columns, 1024 bytes each, ordered (band of 16 rows, tile along K); inside a tile, bytes
+    [16*l, +16) hold row l//4, chunk l%4 (16 bytes of that row's codes) and bytes [512 + 16*l, +16) row 8 + l//4,
+    chunk l%4. Padding is zero codes."""
+    padded = _pad2d(words, n_pad, k_pad * bits // 32)
+    tiles = padded.view(n_pad // TILE_N, 2, 8, k_pad // tile_k(bits), 4, 4)  # band, half, g, tile, chunk, word
+    return tiles.permute(0, 3, 1, 2, 4, 5).contiguous().view(n_pad, k_pad * bits // 32)
 
 
 @torch.library.custom_op("quantops::weight_only_gemv_cuda", mutates_args=())
@@ -94,6 +120,8 @@ class WeightOnlyGemvCudaKernel(LinearKernel):
         gs = group_size(scheme, k)
         if gs % vpc and not (fmt == FMT_FP4 and gs == 16):
             return False, f"group size {gs} is not a multiple of {vpc}"
+        if scheme.weight_strategy != "channel" and gs & (gs - 1):
+            return False, f"group size {gs} is not a power of two"
         if fmt in (FMT_FP4, FMT_FP8) and config.dtype != torch.bfloat16:
             return False, "FP4/FP8 weights need bf16 activations here (their scales can leave fp16's range)"
         return True, None
@@ -111,12 +139,19 @@ class WeightOnlyGemvCudaKernel(LinearKernel):
         prepared = prepare_weight_only(tensors, self.scheme, cfg.n, cfg.k, scale_dtype)
         if "g_idx" in prepared:
             prepared = act_order_to_contiguous_groups(prepared, self.scheme, cfg.n, cfg.k)
-        if element_bits(self.fmt) == 4:
+        bits = element_bits(self.fmt)
+        if bits == 4:
             prepared["qweight"] = interleave_nibbles(prepared["qweight"])
         if self.fmt in (FMT_FP4, FMT_FP8):  # scales as stored (1 byte per block), decoded in the kernel
             prepared["scales"] = tensors["weight_scale"].contiguous().view(torch.uint8)
             if self.scheme.weight == "nvfp4":
                 prepared["alpha"] = (1.0 / tensors["weight_global_scale"].float()).reshape(1).contiguous()
+        n_pad, k_pad = _round_up(cfg.n, TILE_N), _round_up(cfg.k, tile_k(bits))
+        prepared["qweight"] = tile_weights(prepared["qweight"], bits, n_pad, k_pad)
+        groups = 1 if prepared["scales"].shape[1] == 1 else -(-k_pad // self.group_size)
+        for key in ("scales", "zeros"):  # padded rows and groups are zeros: they meet zero weights or zero x
+            if key in prepared:
+                prepared[key] = _pad2d(prepared[key], n_pad, groups)
         return prepared
 
     def apply_2d(self, x, prepared, bias):

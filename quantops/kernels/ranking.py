@@ -68,8 +68,8 @@ RANKING: dict[str, dict[str, list[str]]] = {
         # 0.55-0.65x up to 64 where FBGEMM cannot run (W8A16, fp16, act-order); dequantize + cuBLAS 0.9-0.95x
         # at M>=2048. tinygemm is the fastest at M=1 (1.5-1.8x vs 1.2-1.5x) but falls to 0.5x by M=16.
         "cuda": [
-            "tinygemm_int4:Int4TinygemmKernel@m<=1",
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
+            "tinygemm_int4:Int4TinygemmKernel@m<=1",
             "fbgemm_int4:Int4RowwiseFbgemmKernel@m<=2048",
             "triton_wna16:WeightOnlyGemmTritonKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
