@@ -1,9 +1,9 @@
-// Weight-only GEMV for decode batches (M <= 64): 4-/8-bit weights dequantized in registers, bf16/fp16
+// Weight-only GEMV for decode batches (M <= 16 per launch): 4-/8-bit weights dequantized in registers, bf16/fp16
 // tensor-core MMA (mma.sync m16n8k16, plain sm_80+ instructions), fp32 accumulation.
 //
 // Roles are swapped against a GEMM ("swap AB"): the MMA's 16-row A operand is a tile of 16 WEIGHT rows and
 // its 8-column B operand is 8 rows of x, so at M <= 8 every MMA does useful work on 256 weights (twice what x
-// as A would give) and M <= 64 takes 1, 2, 4 or 8 MMAs per k-step.
+// as A would give); M <= 16 takes two MMAs per k-step.
 //
 // Layout (prepared once in Python, see cuda_wna16.py): the weights are stored tile by tile, each tile = 16
 // rows x KB columns = 1024 bytes, KB = 4 chunks of 16 bytes (128 4-bit / 64 8-bit values), tiles of one row
@@ -20,8 +20,9 @@
 //
 // Scales are applied to the fp32 accumulators once per tile when a group spans whole tiles (int formats,
 // group >= KB: g128 and per-channel), else to the dequantized pairs (g32/g64, NVFP4 g16, MX g32).
-// Block = S warps on one 16-row band splitting its tiles along K (each warp a contiguous range, read through
-// a ring of D tiles of loads in flight held in registers); the S partial sums meet in shared memory.
+// Block = S warps on one or two 16-row bands splitting the tiles along K (each warp a contiguous range per band,
+// read through a ring of D tiles of loads in flight held in registers); the S partial sums meet in shared
+// memory. Measured on an H200 (benchmarks/gemv_probe.cu, ncu): issue-bound at ~170 warp instructions per tile.
 #pragma once
 
 #include <cuda_bf16.h>

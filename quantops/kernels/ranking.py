@@ -64,9 +64,9 @@ RANKING: dict[str, dict[str, list[str]]] = {
     # INT4 / INT8 weight-only (W4A16, W4A16_ASYM, W8A16)
     "wna16": {
         # H200 (`quantops bench`, eager, L2-cold, geo-mean over 8192x8192 + Llama-3-8B layers, ratio to bf16):
-        # CUDA GEMV M<=16 (W4A16 1.1-1.45x); FBGEMM bf16i4 0.8-0.9x for 17..2048 (int4 groups, bf16); Triton
-        # 0.55-0.65x up to 64 where FBGEMM cannot run (W8A16, fp16, act-order); dequantize + cuBLAS 0.9-0.95x
-        # at M>=2048. tinygemm is the fastest at M=1 (1.5-1.8x vs 1.2-1.5x) but falls to 0.5x by M=16.
+        # CUDA GEMV M<=16 (W4A16 2.00x at M=1, 1.41x at 16; tinygemm 1.83x / 0.53x, kept as its fallback);
+        # FBGEMM bf16i4 0.8-0.9x for 17..2048 (int4 groups, bf16); Triton 0.55-0.65x up to 64 where FBGEMM
+        # cannot run (W8A16, fp16, act-order); dequantize + cuBLAS 0.88-0.95x at M>=2048.
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
             "tinygemm_int4:Int4TinygemmKernel@m<=1",
