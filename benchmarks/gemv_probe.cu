@@ -2,7 +2,8 @@
 // time per launch for ring depths and K splits, next to cuBLAS bf16 and the device-to-device copy bandwidth,
 // all in one process on one GPU.
 //
-//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icsrc benchmarks/gemv_probe.cu -lcublas -o probe
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icsrc benchmarks/gemv_probe.cu \
+//        csrc/weight_only_gemv_int.cu -lcublas -o probe
 //   ./probe > probe.csv
 //
 // Timing: CUDA graphs of 20 launches over weight copies rotated so that no launch finds its weights in L2
@@ -84,7 +85,6 @@ static cudaError_t launch_nd(const GemvArgs& a, cudaStream_t s) {
 }
 
 static cudaError_t launch_variant(int v, const GemvArgs& a, cudaStream_t s) {
-  if (v < 0) return launch_mh<__nv_bfloat16, kInt4, 1, kScaleT, false, true>(a, s);  // the library's choice
   switch (v) {
     case 0:
       return launch_nd<1, 4>(a, s);
@@ -129,10 +129,7 @@ static bool check_int4(int n, int k, int m, int gs, bool zp, int num_sms) {
     a.M = m, a.N = n, a.K = k, a.n_pad = n_pad, a.tiles_k = k_pad / 128, a.G = G;
     a.group_shift = G == 1 ? 31 : __builtin_ctz(gs);
     a.group_size = gs, a.fmt = kInt4, a.bf16 = true, a.ksplit = ks, a.num_sms = num_sms;
-    CHECK(zp ? (a.G == 1 || gs % 128 == 0 ? launch_mh<__nv_bfloat16, kInt4, 1, kScaleT, true, true>(a, 0)
-                                          : launch_mh<__nv_bfloat16, kInt4, 1, kScaleT, true, false>(a, 0))
-             : (a.G == 1 || gs % 128 == 0 ? launch_mh<__nv_bfloat16, kInt4, 1, kScaleT, false, true>(a, 0)
-                                          : launch_mh<__nv_bfloat16, kInt4, 1, kScaleT, false, false>(a, 0)));
+    CHECK(launch_weight_only_gemv_int(a, 0));  // the library's dispatch
     CHECK(cudaDeviceSynchronize());
     std::vector<uint16_t> out(size_t(m) * n);
     CHECK(cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost));
@@ -206,7 +203,7 @@ int main() {
     GemvArgs a{};
     a.x = x, a.w = w, a.scales = sc, a.out = out, a.M = m, a.N = n, a.K = k, a.n_pad = n, a.tiles_k = k / 128;
     a.G = k / 128, a.group_shift = 7, a.group_size = 128, a.fmt = kInt4, a.bf16 = true, a.num_sms = sms;
-    for (int i = 0; i < 3; ++i) CHECK(launch_variant(-1, a, 0));
+    for (int i = 0; i < 3; ++i) CHECK(launch_weight_only_gemv_int(a, 0));
     CHECK(cudaDeviceSynchronize());
     return 0;
   }

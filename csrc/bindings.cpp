@@ -64,7 +64,9 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
   const bool is_int = fmt == quantops::kInt4 || fmt == quantops::kInt8;
   TORCH_CHECK(is_int ? scales.scalar_type() == x.scalar_type() : scales.scalar_type() == at::kByte,
               "weight_only_gemv: scales must be in x's dtype (int formats) or uint8 e4m3/e8m0 codes (fp formats)");
-  const int64_t groups = scales.dim() == 2 ? scales.size(1) : 0;
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == n_pad,
+              "weight_only_gemv: scales must be [", n_pad, ", G], got ", scales.sizes());
+  const int64_t groups = scales.size(1);
   int shift = 31;  // per-channel: every column in group 0
   if (groups != 1) {
     TORCH_CHECK(group_size > 0 && (group_size & (group_size - 1)) == 0,
@@ -72,7 +74,7 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
     shift = 0;
     while ((int64_t(1) << shift) < group_size) ++shift;
   }
-  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == n_pad && (groups == 1 || groups * group_size >= k_pad),
+  TORCH_CHECK(groups == 1 || groups * group_size >= k_pad,
               "weight_only_gemv: scales must be [", n_pad, ", G] covering ", k_pad, " columns, got ", scales.sizes());
   const bool nvfp4 = fmt == quantops::kFp4 && group_size == 16;
   TORCH_CHECK(!nvfp4 || (alpha && alpha->is_cuda() && alpha->scalar_type() == at::kFloat && alpha->numel() == 1),

@@ -349,9 +349,7 @@ __global__ void __launch_bounds__(256) weight_only_gemv_kernel(const T* __restri
         for (int r = 0; r < 2; ++r) {
 #pragma unroll
           for (int i = 0; i < SPC; ++i) {
-            const int grp = (col + i * (VPC / SPC)) >> group_shift;
-            sv[t][r][i] = SK == kScaleT ? uint32_t(__ldg(reinterpret_cast<const unsigned short*>(srow[t][r]) + grp))
-                                        : uint32_t(__ldg(srow[t][r] + grp));
+            sv[t][r][i] = load_scale_code<SK>(srow[t][r], (col + i * (VPC / SPC)) >> group_shift);
           }
           if constexpr (HAS_ZP) zv[t][r] = __ldg(zrow[t][r] + (col >> group_shift));
         }

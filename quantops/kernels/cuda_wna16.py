@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 from .base import LinearKernel, check_all, needs_cuda, needs_library
+from .w8a8_prepare import pad_2d, round_up
 from .weight_only_layout import (
     ACTIVATIONS_KEPT,
     FMT_FP4,
@@ -47,22 +48,12 @@ def tile_k(bits: int) -> int:
     return 4 * 128 // bits
 
 
-def _round_up(v: int, m: int) -> int:
-    return -(-v // m) * m
-
-
-def _pad2d(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    out = t.new_zeros((rows, cols))
-    out[: t.shape[0], : t.shape[1]] = t
-    return out.contiguous()
-
-
 def tile_weights(words: torch.Tensor, bits: int, n_pad: int, k_pad: int) -> torch.Tensor:
     """int32 [N, K*bits/32] (row-major codes) -> the kernel's tiles, as int32 [n_pad, k_pad*bits/32]: tiles of 16
     rows x tile_k(bits) columns, 1024 bytes each, ordered (band of 16 rows, tile along K); inside a tile, bytes
     [16*l, +16) hold row l//4, chunk l%4 (16 bytes of that row's codes) and bytes [512 + 16*l, +16) row 8 + l//4,
     chunk l%4. Padding is zero codes."""
-    padded = _pad2d(words, n_pad, k_pad * bits // 32)
+    padded = pad_2d(words, n_pad, k_pad * bits // 32)
     tiles = padded.view(n_pad // TILE_N, 2, 8, k_pad // tile_k(bits), 4, 4)  # band, half, g, tile, chunk, word
     return tiles.permute(0, 3, 1, 2, 4, 5).contiguous().view(n_pad, k_pad * bits // 32)
 
@@ -146,12 +137,12 @@ class WeightOnlyGemvCudaKernel(LinearKernel):
             prepared["scales"] = tensors["weight_scale"].contiguous().view(torch.uint8)
             if self.scheme.weight == "nvfp4":
                 prepared["alpha"] = (1.0 / tensors["weight_global_scale"].float()).reshape(1).contiguous()
-        n_pad, k_pad = _round_up(cfg.n, TILE_N), _round_up(cfg.k, tile_k(bits))
+        n_pad, k_pad = round_up(cfg.n, TILE_N), round_up(cfg.k, tile_k(bits))
         prepared["qweight"] = tile_weights(prepared["qweight"], bits, n_pad, k_pad)
         groups = 1 if prepared["scales"].shape[1] == 1 else -(-k_pad // self.group_size)
         for key in ("scales", "zeros"):  # padded rows and groups are zeros: they meet zero weights or zero x
             if key in prepared:
-                prepared[key] = _pad2d(prepared[key], n_pad, groups)
+                prepared[key] = pad_2d(prepared[key], n_pad, groups)
         return prepared
 
     def apply_2d(self, x, prepared, bias):
