@@ -70,7 +70,7 @@ struct Layer {
 struct Variant {
   int nt, depth;
 };
-static const Variant kVariants[] = {{1, 4}, {2, 2}, {1, 2}, {2, 3}, {2, 4}};
+static const Variant kVariants[] = {{1, 4}, {2, 2}, {1, 8}, {2, 4}, {2, 6}};
 
 template <bool POST, int NT, int MH, int D>
 static cudaError_t launch_int4(const GemvArgs& a, cudaStream_t s) {
@@ -91,15 +91,15 @@ static cudaError_t launch_variant(int v, const GemvArgs& a, cudaStream_t s) {
     case 1:
       return launch_nd<2, 2>(a, s);
     case 2:
-      return launch_nd<1, 2>(a, s);
+      return launch_nd<1, 8>(a, s);
     case 3:
-      return launch_nd<2, 3>(a, s);
-    default:
       return launch_nd<2, 4>(a, s);
+    default:
+      return launch_nd<2, 6>(a, s);
   }
 }
 
-static bool check_int4(int n, int k, int m, int gs, bool zp, int num_sms) {
+static bool check_int4(int n, int k, int m, int gs, bool zp, int num_sms, int max_smem) {
   const int n_pad = (n + 15) / 16 * 16, k_pad = (k + 127) / 128 * 128, G = gs >= k ? 1 : k_pad / gs;
   std::mt19937 rng(n * 7 + k + m + gs);
   std::uniform_int_distribution<int> code(0, 15);
@@ -122,34 +122,43 @@ static bool check_int4(int n, int k, int m, int gs, bool zp, int num_sms) {
   CHECK(cudaMemcpy(ds, scales.data(), scales.size() * 2, cudaMemcpyHostToDevice));
   CHECK(cudaMemcpy(dz, zeros.data(), zeros.size(), cudaMemcpyHostToDevice));
   CHECK(cudaMemcpy(dx, x.data(), x.size() * 2, cudaMemcpyHostToDevice));
-  bool ok = true;
-  for (int ks : {0, 1, 3, 8}) {
-    GemvArgs a{};
-    a.x = dx, a.w = dw, a.scales = ds, a.zeros = zp ? static_cast<uint8_t*>(dz) : nullptr, a.out = dout;
-    a.M = m, a.N = n, a.K = k, a.n_pad = n_pad, a.tiles_k = k_pad / 128, a.G = G;
-    a.group_shift = G == 1 ? 31 : __builtin_ctz(gs);
-    a.group_size = gs, a.fmt = kInt4, a.bf16 = true, a.ksplit = ks, a.num_sms = num_sms;
-    CHECK(launch_weight_only_gemv_int(a, 0));  // the library's dispatch
-    CHECK(cudaDeviceSynchronize());
-    std::vector<uint16_t> out(size_t(m) * n);
-    CHECK(cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost));
-    double err = 0, ref2 = 0;
-    for (int i = 0; i < m; ++i)
-      for (int j = 0; j < n; ++j) {
-        double acc = 0;
-        for (int c = 0; c < k; ++c) {
-          const int grp = G == 1 ? 0 : c / gs;
-          acc += double(bf16_float(x[size_t(i) * k + c])) * (int(codes[size_t(j) * k + c]) - zeros[size_t(j) * G + grp]) *
-                 bf16_float(scales[size_t(j) * G + grp]);
-        }
-        const double d = bf16_float(out[size_t(i) * n + j]) - acc;
-        err += d * d, ref2 += acc * acc;
+  std::vector<double> ref(size_t(m) * n);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      double acc = 0;
+      for (int c = 0; c < k; ++c) {
+        const int grp = G == 1 ? 0 : c / gs;
+        acc += double(bf16_float(x[size_t(i) * k + c])) * (int(codes[size_t(j) * k + c]) - zeros[size_t(j) * G + grp]) *
+               bf16_float(scales[size_t(j) * G + grp]);
       }
-    const double rel = std::sqrt(err / ref2);
-    printf("check,int4,n=%d,k=%d,m=%d,gs=%d,zp=%d,ksplit=%d,rel_err=%.2e,%s\n", n, k, m, gs, zp, ks, rel,
-           rel < 8e-3 ? "ok" : "FAIL");
-    ok &= rel < 8e-3;
-  }
+      ref[size_t(i) * n + j] = acc;
+    }
+  bool ok = true;
+  for (int ks : {0, 1, 3, 8})
+    for (int v = -1; v < 5; ++v) {  // -1: the library's dispatch, else a probe variant
+      // the variants are symmetric-only, and two bands per warp need an even band count
+      if (v >= 0 && (zp || (kVariants[v].nt == 2 && (n_pad / 16) % 2))) continue;
+      GemvArgs a{};
+      a.x = dx, a.w = dw, a.scales = ds, a.zeros = zp ? static_cast<uint8_t*>(dz) : nullptr, a.out = dout;
+      a.M = m, a.N = n, a.K = k, a.n_pad = n_pad, a.tiles_k = k_pad / 128, a.G = G;
+      a.group_shift = G == 1 ? 31 : __builtin_ctz(gs);
+      a.group_size = gs, a.fmt = kInt4, a.bf16 = true, a.ksplit = ks, a.num_sms = num_sms, a.max_smem = max_smem;
+      CHECK(cudaMemset(dout, 0xFF, size_t(m) * n * 2));  // NaN: a missed store cannot pass as an earlier result
+      CHECK(v < 0 ? launch_weight_only_gemv_int(a, 0) : launch_variant(v, a, 0));
+      CHECK(cudaDeviceSynchronize());
+      std::vector<uint16_t> out(size_t(m) * n);
+      CHECK(cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost));
+      double err = 0, ref2 = 0;
+      for (size_t i = 0; i < out.size(); ++i) {
+        const double d = bf16_float(out[i]) - ref[i];
+        err += d * d, ref2 += ref[i] * ref[i];
+      }
+      const double rel = std::sqrt(err / ref2);
+      const bool good = rel < 8e-3;  // NaN fails
+      printf("check,int4,n=%d,k=%d,m=%d,gs=%d,zp=%d,ksplit=%d,variant=%d,rel_err=%.2e,%s\n", n, k, m, gs, zp, ks, v,
+             rel, good ? "ok" : "FAIL");
+      ok &= good;
+    }
   cudaFree(dw), cudaFree(ds), cudaFree(dz), cudaFree(dx), cudaFree(dout);
   return ok;
 }
@@ -189,6 +198,8 @@ int main() {
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, dev));
   printf("device,%s,sms=%d\n", prop.name, sms);
+  int max_smem = 0;
+  CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   if (const char* one = getenv("PROBE_ONE")) {  // "n,k,m": three plain launches (for ncu), nothing else
     int n, k, m;
     if (sscanf(one, "%d,%d,%d", &n, &k, &m) != 3) return 2;
@@ -202,19 +213,22 @@ int main() {
     CHECK(cudaMalloc(&out, size_t(m) * n * 2));
     GemvArgs a{};
     a.x = x, a.w = w, a.scales = sc, a.out = out, a.M = m, a.N = n, a.K = k, a.n_pad = n, a.tiles_k = k / 128;
-    a.G = k / 128, a.group_shift = 7, a.group_size = 128, a.fmt = kInt4, a.bf16 = true, a.num_sms = sms;
-    for (int i = 0; i < 3; ++i) CHECK(launch_weight_only_gemv_int(a, 0));
+    a.G = k / 128, a.group_shift = 7, a.group_size = 128, a.fmt = kInt4, a.bf16 = true, a.num_sms = sms, a.max_smem = max_smem;
+    const char* v = getenv("PROBE_VARIANT");  // index into kVariants; default: the library's dispatch
+    const char* ks = getenv("PROBE_KSPLIT");
+    if (ks) a.ksplit = atoi(ks);
+    for (int i = 0; i < 3; ++i) CHECK(v ? launch_variant(atoi(v), a, 0) : launch_weight_only_gemv_int(a, 0));
     CHECK(cudaDeviceSynchronize());
     return 0;
   }
   bool ok = true;
   for (int zp = 0; zp < 2; ++zp)
     for (int gs : {128, 32, 1 << 30}) {
-      ok &= check_int4(208, 512, 3, gs, zp, sms);  // even band count: two bands per warp
-      ok &= check_int4(200, 288, 1, gs, zp, sms);
-      ok &= check_int4(37, 1056, 5, gs, zp, sms);
-      ok &= check_int4(520, 4096, 16, gs, zp, sms);
-      ok &= check_int4(64, 256, 9, gs, zp, sms);
+      ok &= check_int4(208, 512, 3, gs, zp, sms, max_smem);  // 13 bands: one band per warp
+      ok &= check_int4(200, 288, 1, gs, zp, sms, max_smem);
+      ok &= check_int4(37, 1056, 5, gs, zp, sms, max_smem);
+      ok &= check_int4(520, 4096, 16, gs, zp, sms, max_smem);
+      ok &= check_int4(64, 256, 9, gs, zp, sms, max_smem);  // 4 bands: two per warp
     }
   printf("checks,%s\n", ok ? "all ok" : "FAILURES");
 
@@ -253,9 +267,9 @@ int main() {
       CHECK(cudaMemset(bw[c], 0x3C, bfbytes));
     }
     void *x, *out;
-    CHECK(cudaMalloc(&x, size_t(16) * k * 2));
-    CHECK(cudaMemset(x, 0x3C, size_t(16) * k * 2));
-    CHECK(cudaMalloc(&out, size_t(16) * n * 4));
+    CHECK(cudaMalloc(&x, size_t(64) * k * 2));
+    CHECK(cudaMemset(x, 0x3C, size_t(64) * k * 2));
+    CHECK(cudaMalloc(&out, size_t(64) * n * 4));
     for (int m : {1, 4, 8, 16}) {
       auto bf = [&](int c, cudaStream_t s) {
 #ifndef NO_CUBLAS
@@ -274,7 +288,7 @@ int main() {
             GemvArgs a{};
             a.x = x, a.w = ws[c], a.scales = ss[c], a.out = out;
             a.M = m, a.N = n, a.K = k, a.n_pad = n, a.tiles_k = k / 128, a.G = G, a.group_shift = 7;
-            a.group_size = 128, a.fmt = kInt4, a.bf16 = true, a.ksplit = ks, a.num_sms = sms;
+            a.group_size = 128, a.fmt = kInt4, a.bf16 = true, a.ksplit = ks, a.num_sms = sms, a.max_smem = max_smem;
             return launch_variant(v, a, s);
           };
           const double us = graph_us(q, copies);

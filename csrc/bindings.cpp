@@ -14,14 +14,15 @@
 
 namespace {
 
-// multiprocessor count per device, read once (cudaDeviceGetAttribute does not synchronize)
-int sm_count(int device) {
+// a device attribute, read once per device (cudaDeviceGetAttribute does not synchronize)
+template <cudaDeviceAttr ATTR>
+int device_attribute(int device, int fallback) {
   static std::array<int, 64> cache{};
-  if (device < 0 || device >= int(cache.size())) return 132;
+  if (device < 0 || device >= int(cache.size())) return fallback;
   if (cache[device] == 0) {
     int v = 0;
-    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device);
-    cache[device] = v > 0 ? v : 132;
+    cudaDeviceGetAttribute(&v, ATTR, device);
+    cache[device] = v > 0 ? v : fallback;
   }
   return cache[device];
 }
@@ -91,7 +92,8 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
   // current for the launch and restored after.
   const DeviceScope scope(x.get_device());
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  const int num_sms = sm_count(x.get_device());
+  const int num_sms = device_attribute<cudaDevAttrMultiProcessorCount>(x.get_device(), 132);
+  const int max_smem = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(x.get_device(), 48 * 1024);
   const size_t x_row = size_t(k) * x.element_size();
   const size_t o_row = size_t(n) * out.element_size();
   for (int64_t m0 = 0; m0 < m; m0 += quantops::kMaxRows) {
@@ -114,6 +116,7 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
     a.bf16 = x.scalar_type() == at::kBFloat16;
     a.ksplit = int(ksplit);
     a.num_sms = num_sms;
+    a.max_smem = max_smem;
     const cudaError_t err = is_int ? quantops::launch_weight_only_gemv_int(a, stream)
                                    : quantops::launch_weight_only_gemv_fp(a, stream);
     TORCH_CHECK(err == cudaSuccess, "weight_only_gemv launch failed: ", cudaGetErrorString(err));

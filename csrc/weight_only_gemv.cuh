@@ -19,10 +19,15 @@
 // bytes (times alpha = 1/global scale); MX e8m0 bytes.
 //
 // Scales are applied to the fp32 accumulators once per tile when a group spans whole tiles (int formats,
-// group >= KB: g128 and per-channel), else to the dequantized pairs (g32/g64, NVFP4 g16, MX g32).
-// Block = S warps on one or two 16-row bands splitting the tiles along K (each warp a contiguous range per band,
-// read through a ring of D tiles of loads in flight held in registers); the S partial sums meet in shared
-// memory. Measured on an H200 (benchmarks/gemv_probe.cu, ncu): issue-bound at ~170 warp instructions per tile.
+// group >= KB: g128 and per-channel), else to the dequantized pairs (g32/g64, NVFP4 g16, MX g32); with bf16 and
+// int4 there, the zero point comes off the accumulators as well ((base+zero) * sum(x), the sums from one MMA
+// chain with A = ones per tile): the pair decode is one shift and one LOP3.
+// Block = S warps on one or two 16-row bands splitting the tiles along K (each warp a contiguous range per band).
+// Weights travel by cp.async into a per-warp shared-memory ring of D tiles (no registers held while in flight);
+// x is read one tile ahead at M <= 8; the S partial sums meet in shared memory.
+// Measured on an H200 (benchmarks/gemv_probe.cu, ncu, 8192x8192 M=1): ~130 warp instructions per tile, 16 warps
+// per SM (the grid: 256 blocks of 8 warps), stalls split between fixed-latency dependencies, the first loads of
+// each warp, and issue; 59% of copy bandwidth.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -150,30 +155,49 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
   }
 }
 
-// Weights are read once: bypass L1 so that it keeps the activations, which every warp re-reads.
-__device__ __forceinline__ uint4 load_weights(const uint4* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
+// Weights are read once and straight into shared memory (cp.async.cg: cached in L2 only, no registers held
+// while in flight), so a warp can keep many tiles on the way; each lane later reads back only what it copied.
+__device__ __forceinline__ void copy_async16(void* smem, const void* gmem) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING>
+__device__ __forceinline__ void copy_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
 }
 
 // ---- dequantization of one 16-byte chunk into PAIRS packed T2 values (pair i = elements 2i, 2i+1) ----------
 
+template <typename T>
+struct Int4Magic;  // OR-ing a nibble into these bits gives base + nibble exactly
+template <>
+struct Int4Magic<__nv_bfloat16> {
+  static constexpr uint32_t kBits = 0x43004300u;
+  static constexpr float kBase = 128.f;
+  static constexpr uint32_t kOne2 = 0x3F803F80u;  // 1.0 twice
+};
+template <>
+struct Int4Magic<__half> {
+  static constexpr uint32_t kBits = 0x64006400u;
+  static constexpr float kBase = 1024.f;
+  static constexpr uint32_t kOne2 = 0x3C003C00u;
+};
+
 // int4: (code - zero) [* scale]. Magic-number conversion: OR-ing a nibble into the mantissa of 128.0 (bf16) or
 // 1024.0 (fp16) gives 128+code (1024+code) exactly; subtracting 128+zero (1024+zero) is exact; one rounding
 // in the multiply by the scale (none when the scale is applied to the accumulators instead).
-template <typename T, bool SCALE>
+// SUB = false leaves base+code: the caller takes (base+zero) * sum(x) off the accumulators instead.
+template <typename T, bool SUB, bool SCALE>
 __device__ __forceinline__ void dequant_int4(const uint4& w, uint32_t zero2, uint32_t scale2, uint32_t (&p)[16]) {
-  constexpr uint32_t kMagic = std::is_same<T, __nv_bfloat16>::value ? 0x43004300u : 0x64006400u;
+  static_assert(SUB || !SCALE, "scaling base+code would scale the base");
   const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      const uint32_t v = and_or(words[j] >> (4 * q), 0x000F000Fu, kMagic);
-      p[4 * j + q] = SCALE ? mul2<T>(sub2<T>(v, zero2), scale2) : sub2<T>(v, zero2);
+      const uint32_t v = and_or(words[j] >> (4 * q), 0x000F000Fu, Int4Magic<T>::kBits);
+      p[4 * j + q] = !SUB ? v : SCALE ? mul2<T>(sub2<T>(v, zero2), scale2) : sub2<T>(v, zero2);
     }
   }
 }
@@ -295,7 +319,7 @@ __device__ __forceinline__ float decode_scale(uint32_t code, float global) {
 // scales per 16-byte chunk (2 for NVFP4's blocks of 16); POST: scales applied to the accumulators once per tile;
 // D: tiles of loads in flight per band and warp.
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int NT, int MH, int D>
-__global__ void __launch_bounds__(256) weight_only_gemv_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
+__global__ void __launch_bounds__(256, 2) weight_only_gemv_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
                                                                const uint8_t* __restrict__ scales,
                                                                const uint8_t* __restrict__ zeros,
                                                                const float* __restrict__ alpha, T* __restrict__ out,
@@ -307,6 +331,10 @@ __global__ void __launch_bounds__(256) weight_only_gemv_kernel(const T* __restri
   constexpr int STEPS = VPC / 4;  // MMA k-steps per chunk: each lane gives 4 values of each row to each step
   constexpr int KB = Traits::kBlockK;
   static_assert(!POST || Traits::kIsInt, "accumulator scaling is for integer weights");
+  // int4 with scales on the accumulators: the zero point comes off the accumulators too (no subtract per pair).
+  // bf16 only: the sums run to (128+15) * sum|x| against a result near 4.6 * sqrt(K) |x|, fine in fp32; fp16's
+  // base of 1024 would cost 8x more of that margin.
+  constexpr bool FOLD = POST && FMT == kInt4 && std::is_same<T, __nv_bfloat16>::value;
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -334,17 +362,20 @@ __global__ void __launch_bounds__(256) weight_only_gemv_kernel(const T* __restri
     }
   }
 
-  // the ring: tile j of this warp sits in slot j % D from its load until its use D tiles later
-  uint4 wb[D][NT][2];
+  // the ring: tile j of this warp sits in slot j % D (weights in shared memory, scales and zeros in registers)
+  // from its copy until its use D tiles later; one cp.async group per tile (empty past the end)
+  extern __shared__ uint4 smem[];
+  uint4* ring = smem + size_t(warp) * D * NT * 64 + lane;
   uint32_t sb[D][NT][2][SPC];
   uint32_t zb[D][NT][2];
-  auto load = [&](int j, uint4 (&wv)[NT][2], uint32_t (&sv)[NT][2][SPC], uint32_t (&zv)[NT][2]) {
+  auto issue = [&](int j, int slot, uint32_t (&sv)[NT][2][SPC], uint32_t (&zv)[NT][2]) {
     if (j < count) {
       const int col = (first + j) * KB + tig * VPC;
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
-        wv[t][0] = load_weights(wrow[t] + j * 64);
-        wv[t][1] = load_weights(wrow[t] + j * 64 + 32);
+        uint4* dst = ring + (slot * NT + t) * 64;
+        copy_async16(dst, wrow[t] + j * 64);
+        copy_async16(dst + 32, wrow[t] + j * 64 + 32);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
 #pragma unroll
@@ -355,9 +386,14 @@ __global__ void __launch_bounds__(256) weight_only_gemv_kernel(const T* __restri
         }
       }
     }
+    copy_async_commit();
   };
 #pragma unroll
-  for (int d = 0; d < D; ++d) load(d, wb[d], sb[d], zb[d]);
+  for (int d = 0; d < D; ++d) issue(d, d, sb[d], zb[d]);
+
+  const T* xrow[MH];
+#pragma unroll
+  for (int h = 0; h < MH; ++h) xrow[h] = x + (size_t)min(h * 8 + g, M - 1) * K + tig * VPC;
 
   float acc[NT][MH][4];
 #pragma unroll
@@ -367,49 +403,74 @@ __global__ void __launch_bounds__(256) weight_only_gemv_kernel(const T* __restri
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[t][h][r] = 0.f;
 
-  const T* xrow[MH];
+  // x rows past M stay zero (never loaded), as do columns past K
+  auto load_xh = [&](int j, int h, uint32_t (&xv)[PAIRS]) {
 #pragma unroll
-  for (int h = 0; h < MH; ++h) xrow[h] = x + (size_t)min(h * 8 + g, M - 1) * K + tig * VPC;
+    for (int i = 0; i < PAIRS; ++i) xv[i] = 0u;
+    if (j < count && h * 8 + g < M && (first + j) * KB + tig * VPC < K) {
+      const uint4* src = reinterpret_cast<const uint4*>(xrow[h] + (first + j) * KB);
+#pragma unroll
+      for (int v = 0; v < PAIRS / 4; ++v) {
+        const uint4 c = __ldg(src + v);
+        xv[4 * v] = c.x, xv[4 * v + 1] = c.y, xv[4 * v + 2] = c.z, xv[4 * v + 3] = c.w;
+      }
+    }
+  };
+  // x one tile ahead at M <= 8; at M <= 16 that would double 32 registers (fewer blocks per SM), so x loads
+  // at the start of its own tile there
+  constexpr bool XAHEAD = MH == 1;
+  uint32_t xn[MH][PAIRS];
+  if constexpr (XAHEAD) load_xh(0, 0, xn[0]);
 
   for (int j0 = 0; j0 < count; j0 += D) {
 #pragma unroll
     for (int d = 0; d < D; ++d) {
       const int j = j0 + d;
       if (j >= count) break;
-      const int col = (first + j) * KB + tig * VPC;
-      // x first: its loads (L1 hits mostly) are in flight during the dequantization below
+      // x of this tile (mostly L2 hits: one tile of work covers their latency when loaded ahead)
       uint32_t xr[MH][PAIRS];
 #pragma unroll
       for (int h = 0; h < MH; ++h) {
+        if constexpr (XAHEAD) {
 #pragma unroll
-        for (int i = 0; i < PAIRS; ++i) xr[h][i] = 0u;
-        if (h * 8 + g < M && col < K) {
-          const uint4* src = reinterpret_cast<const uint4*>(xrow[h] + (first + j) * KB);
-#pragma unroll
-          for (int v = 0; v < PAIRS / 4; ++v) {
-            const uint4 c = __ldg(src + v);
-            xr[h][4 * v] = c.x, xr[h][4 * v + 1] = c.y, xr[h][4 * v + 2] = c.z, xr[h][4 * v + 3] = c.w;
-          }
+          for (int i = 0; i < PAIRS; ++i) xr[h][i] = xn[h][i];
+          load_xh(j + 1, h, xn[h]);
+        } else {
+          load_xh(j, h, xr[h]);
         }
       }
+      copy_async_wait<D - 1>();  // this lane's copies of tile j have landed
       uint4 wv[NT][2];
       uint32_t sv[NT][2][SPC], zv[NT][2];
 #pragma unroll
       for (int t = 0; t < NT; ++t)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          wv[t][r] = wb[d][t][r];
+          wv[t][r] = ring[(d * NT + t) * 64 + 32 * r];
 #pragma unroll
           for (int i = 0; i < SPC; ++i) sv[t][r][i] = sb[d][t][r][i];
           zv[t][r] = zb[d][t][r];
         }
-      load(j + D, wb[d], sb[d], zb[d]);  // refill the slot: D tiles ahead
-
+      // FOLD: the weights enter the MMA as base+code and (base+zero) * sum(x over the tile) comes off after;
+      // the sums per x row come from one more MMA chain with A = ones, shared by the NT bands
+      float xsum[MH][2];
+      if constexpr (FOLD) {
+#pragma unroll
+        for (int h = 0; h < MH; ++h) {
+          float c[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+          constexpr uint32_t one = Int4Magic<T>::kOne2;
+#pragma unroll
+          for (int st = 0; st < STEPS; ++st) {
+            mma16816<T>(c[st & 1], one, one, one, one, xr[h][2 * st], xr[h][2 * st + 1]);
+          }
+          xsum[h][0] = c[0][0] + c[1][0], xsum[h][1] = c[0][1] + c[1][1];
+        }
+      }
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         // rows g and g+8 of the tile, dequantized: the MMA's A fragments
         uint32_t pa[2][PAIRS];
-        float post[2];
+        float post[2], zq[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           float s[SPC];
@@ -417,9 +478,10 @@ __global__ void __launch_bounds__(256) weight_only_gemv_kernel(const T* __restri
           for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK>(sv[t][r][i], global);
           post[r] = s[0];
           if constexpr (FMT == kInt4) {
-            constexpr float kBase = std::is_same<T, __nv_bfloat16>::value ? 128.f : 1024.f;
-            const float zero = HAS_ZP ? kBase + float(zv[t][r]) : kBase + 8.f;
-            dequant_int4<T, !POST>(wv[t][r], splat2<T>(from_float<T>(zero)), splat2<T>(from_float<T>(s[0])), pa[r]);
+            const float zero = Int4Magic<T>::kBase + (HAS_ZP ? float(zv[t][r]) : 8.f);
+            zq[r] = zero;
+            dequant_int4<T, !FOLD, !POST>(wv[t][r], splat2<T>(from_float<T>(zero)), splat2<T>(from_float<T>(s[0])),
+                                         pa[r]);
           } else if constexpr (FMT == kInt8) {
             dequant_int8<T, !POST>(wv[t][r], HAS_ZP ? float(zv[t][r]) : 128.f, s[0], pa[r]);
           } else if constexpr (FMT == kFp4) {
@@ -431,23 +493,27 @@ __global__ void __launch_bounds__(256) weight_only_gemv_kernel(const T* __restri
             dequant_fp8(wv[t][r], make_fp_scale(s[0], 1.329227995784916e36f /* 2^120 */), pa[r]);
           }
         }
-#pragma unroll
-        for (int h = 0; h < MH; ++h) {
+        // c[.][0..1]: weight row g, c[.][2..3]: row g+8 (columns: x rows 2*tig, 2*tig+1 of half h)
+        auto mma_half = [&](int h, const uint32_t (&xv)[PAIRS]) {
           // two accumulator chains (even / odd k-steps) so that consecutive MMAs do not wait on each other
           float c[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
           for (int st = 0; st < STEPS; ++st) {
-            mma16816<T>(c[st & 1], pa[0][2 * st], pa[1][2 * st], pa[0][2 * st + 1], pa[1][2 * st + 1], xr[h][2 * st],
-                        xr[h][2 * st + 1]);
+            mma16816<T>(c[st & 1], pa[0][2 * st], pa[1][2 * st], pa[0][2 * st + 1], pa[1][2 * st + 1], xv[2 * st],
+                        xv[2 * st + 1]);
           }
-          // c[.][0..1]: weight row g, c[.][2..3]: row g+8 (columns: x rows 2*tig, 2*tig+1 of this half)
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
-            const float v = c[0][r] + c[1][r];
+            float v = c[0][r] + c[1][r];
+            if constexpr (FOLD) v = fmaf(-zq[r >> 1], xsum[h][r & 1], v);
             acc[t][h][r] = POST ? fmaf(v, post[r >> 1], acc[t][h][r]) : acc[t][h][r] + v;
           }
-        }
+        };
+#pragma unroll
+        for (int h = 0; h < MH; ++h) mma_half(h, xr[h]);
       }
+      // refill the slot D tiles ahead, now that its contents sit in registers (consumed above)
+      issue(j + D, d, sb[d], zb[d]);
     }
   }
 
@@ -459,7 +525,9 @@ __global__ void __launch_bounds__(256) weight_only_gemv_kernel(const T* __restri
   };
   constexpr int SLOTS = NT * MH * 4 * 32;
   if (warps > 1) {
-    extern __shared__ float reduce_buf[];
+    copy_async_wait<0>();
+    __syncthreads();  // every warp is done with its ring: the same shared memory takes the partial sums
+    float* reduce_buf = reinterpret_cast<float*>(smem);
 #pragma unroll
     for (int t = 0; t < NT; ++t)
 #pragma unroll
@@ -497,16 +565,29 @@ inline int choose_warps(const GemvArgs& a, int nt) {
 
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int NT, int MH, int D>
 cudaError_t launch_typed(const GemvArgs& a, cudaStream_t stream) {
-  const int warps = choose_warps(a, NT);
-  const size_t smem = warps > 1 ? size_t(warps) * NT * MH * 4 * 32 * sizeof(float) : 0;
-  weight_only_gemv_kernel<T, FMT, SPC, SK, HAS_ZP, POST, NT, MH, D><<<a.n_pad / (16 * NT), 32 * warps, smem, stream>>>(
+  auto smem_for = [](int warps) {
+    const size_t ring = size_t(warps) * D * NT * 1024;
+    const size_t reduce = warps > 1 ? size_t(warps) * NT * MH * 4 * 32 * sizeof(float) : 0;
+    return ring > reduce ? ring : reduce;
+  };
+  int warps = choose_warps(a, NT);
+  const size_t limit = a.max_smem > 0 ? size_t(a.max_smem) : 48 * 1024;
+  while (warps > 1 && smem_for(warps) > limit) warps /= 2;  // fewer warps in a block rather than no launch
+  const size_t smem = smem_for(warps);
+  if (smem > limit) return cudaErrorInvalidValue;
+  auto kernel = weight_only_gemv_kernel<T, FMT, SPC, SK, HAS_ZP, POST, NT, MH, D>;
+  if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in (per device, not per stream)
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<a.n_pad / (16 * NT), 32 * warps, smem, stream>>>(
       static_cast<const T*>(a.x), static_cast<const uint4*>(a.w), static_cast<const uint8_t*>(a.scales), a.zeros,
       a.alpha, static_cast<T*>(a.out), a.M, a.N, a.K, a.G, a.group_shift, a.tiles_k);
   return cudaGetLastError();
 }
 
-// Two bands per warp where the band count is even (x loaded once per two tiles), with a ring of 2; else one
-// band with a ring of 4: the same bytes in flight per warp either way.
+// Two bands per warp where the band count is even (x loaded once per two tiles), else one: a ring of two
+// tiles of two bands or four of one, the same bytes in flight per warp.
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST>
 cudaError_t launch_mh(const GemvArgs& a, cudaStream_t stream) {
   const bool two = (a.n_pad / 16) % 2 == 0;
@@ -514,6 +595,7 @@ cudaError_t launch_mh(const GemvArgs& a, cudaStream_t stream) {
     return two ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 1, 2>(a, stream)
                : launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 1, 1, 4>(a, stream);
   }
+  if (a.M > kMaxRows) return cudaErrorInvalidValue;
   return two ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 2, 2>(a, stream)
              : launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 1, 2, 4>(a, stream);
 }

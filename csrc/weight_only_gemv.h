@@ -26,6 +26,7 @@ struct GemvArgs {
   bool bf16;   // activation dtype: bf16 (true) or fp16
   int ksplit;  // warps per block splitting K; 0 = choose
   int num_sms;
+  int max_smem;  // shared memory a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin); 0: 48 KiB
 };
 
 // Launch for M <= kMaxRows. Returns cudaSuccess or the launch error; unsupported combinations give

@@ -6,8 +6,9 @@ Memory-bound at M <= 16: prepare() stores the weights in tiles of 16 rows x 1024
 load is 512 contiguous bytes and each warp streams one contiguous range; lanes dequantize in registers
 (magic-number int4/int8 conversion, bit-placed e2m1/e4m3) and feed bf16/fp16 tensor-core MMAs (m16n8k16)
 whose 16 rows are weight rows and whose 8 columns are the batch ("swap AB"); group scales of g128 and
-per-channel integers go on the fp32 accumulators. Warps of a block split K and reduce in shared memory; a
-ring of tiles per warp keeps loads in flight. One launch covers M <= 16; the op handles any M in chunks of 16.
+per-channel integers (and, for bf16 int4, the zero point) go on the fp32 accumulators. Warps of a block split
+K and reduce in shared memory; weights stream through a per-warp cp.async ring in shared memory. One launch
+covers M <= 16; the op handles any M in chunks of 16.
 
 Needs: CUDA sm_80+, the quantops_cuda extension (built from csrc/ on first use; see cuda_ext.py).
 """

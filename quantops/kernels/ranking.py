@@ -64,13 +64,15 @@ RANKING: dict[str, dict[str, list[str]]] = {
     # INT4 / INT8 weight-only (W4A16, W4A16_ASYM, W8A16)
     "wna16": {
         # H200 (`quantops bench`, eager, L2-cold, geo-mean over 8192x8192 + Llama-3-8B layers, ratio to bf16):
-        # CUDA GEMV M<=16 (W4A16 2.00x at M=1, 1.41x at 16; tinygemm 1.83x / 0.53x, kept as its fallback);
-        # FBGEMM bf16i4 0.8-0.9x for 17..2048 (int4 groups, bf16); Triton 0.55-0.65x up to 64 where FBGEMM
-        # cannot run (W8A16, fp16, act-order); dequantize + cuBLAS 0.88-0.95x at M>=2048.
+        # CUDA GEMV M<=16 (W4A16 2.26x at M=1, 1.61x at 16; tinygemm 1.83x / 0.52x, kept as its fallback);
+        # FBGEMM bf16i4 0.8-0.9x for 17..2048 (int4 groups, bf16); where FBGEMM cannot run (W8A16, fp16,
+        # act-order) the GEMV in chunks of 16 rows up to 64 (W8A16 8192^2: 0.47x at 64 vs Triton 0.42x), then
+        # Triton; dequantize + cuBLAS 0.87-0.94x at M>=2048.
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
             "tinygemm_int4:Int4TinygemmKernel@m<=1",
             "fbgemm_int4:Int4RowwiseFbgemmKernel@m<=2048",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "triton_wna16:WeightOnlyGemmTritonKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             EMULATION,
@@ -104,7 +106,7 @@ RANKING: dict[str, dict[str, list[str]]] = {
             "flashinfer_nvfp4:FlashInferCudnnNvfp4Kernel",
             "fbgemm_nvfp4:FbgemmNvfp4Kernel",
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
@@ -112,10 +114,11 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "nvfp4a16": {
-        # H200: CUDA GEMV for decode; dequantize + cuBLAS above (0.3x at M=64 rising to 0.9x at 4096); the
-        # Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
+        # H200 (8192^2): CUDA GEMV up to M=64 (chunks of 16 rows: 0.38-0.50x at 64 against dequantize + cuBLAS's
+        # 0.34x); dequantize + cuBLAS above (0.9x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
+        # (0.07x), so it is only a fallback
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
@@ -127,7 +130,7 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cuda": [
             "flashinfer_mxfp4:FlashInferCuteDslMxfp4Kernel",
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
@@ -135,10 +138,11 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "mxfp4a16": {
-        # H200: CUDA GEMV for decode; dequantize + cuBLAS above (0.3x at M=64 rising to 0.9x at 4096); the
-        # Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
+        # H200 (8192^2): CUDA GEMV up to M=64 (chunks of 16 rows: 0.38-0.50x at 64 against dequantize + cuBLAS's
+        # 0.34x); dequantize + cuBLAS above (0.9x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
+        # (0.07x), so it is only a fallback
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
@@ -150,7 +154,7 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cuda": [
             "flashinfer_mxfp8:FlashInferCutlassMxfp8Kernel",
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
@@ -158,10 +162,11 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "mxfp8a16": {
-        # H200: CUDA GEMV for decode; dequantize + cuBLAS above (0.3x at M=64 rising to 0.9x at 4096); the
-        # Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
+        # H200 (8192^2): CUDA GEMV up to M=64 (chunks of 16 rows: 0.38-0.50x at 64 against dequantize + cuBLAS's
+        # 0.34x); dequantize + cuBLAS above (0.9x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
+        # (0.07x), so it is only a fallback
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,

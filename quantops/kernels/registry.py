@@ -247,7 +247,8 @@ def select_kernel(
             if why is None and cand.max_m is not None and cand.max_m <= covered:
                 why = f"M<={cand.max_m} already covered"
             if why is not None:
-                rejected.append((name, why))
+                if (name, why) not in rejected:  # a kernel ranked twice (two M ranges) is reported once
+                    rejected.append((name, why))
                 continue
             if plan and plan[-1][1] is cls:  # the same kernel again: one wider M range
                 plan[-1] = (cand.max_m, cls)
