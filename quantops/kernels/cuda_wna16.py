@@ -19,17 +19,15 @@ from typing import Optional
 
 import torch
 
-from .base import LinearKernel, check_all, needs_cuda, needs_library
+from .base import check_all, needs_cuda, needs_library
 from .w8a8_prepare import pad_2d, round_up
 from .weight_only_layout import (
-    ACTIVATIONS_KEPT,
     FMT_FP4,
     FMT_FP8,
     FMT_INT4,
     FMT_INT8,
-    WEIGHT_ONLY_FAMILIES,
+    WeightOnlyKernel,
     act_order_to_contiguous_groups,
-    announce_weight_only_fallback,
     check_activation,
     element_bits,
     element_format,
@@ -37,7 +35,6 @@ from .weight_only_layout import (
     interleave_nibbles,
     prepare_weight_only,
     weight_only_activations,
-    weight_only_family_check,
 )
 
 _DTYPES = (torch.bfloat16, torch.float16)
@@ -90,9 +87,8 @@ def _(x, qweight, scales, zeros, alpha, perm, fmt, group_size, n, k):
     return x.new_empty((x.shape[0], n))
 
 
-class WeightOnlyGemvCudaKernel(LinearKernel):
+class WeightOnlyGemvCudaKernel(WeightOnlyKernel):
     backend = "cuda"
-    families = WEIGHT_ONLY_FAMILIES
     dtypes = _DTYPES
 
     @classmethod
@@ -101,7 +97,7 @@ class WeightOnlyGemvCudaKernel(LinearKernel):
 
     @classmethod
     def can_implement(cls, config):
-        ok, why = weight_only_family_check(config)
+        ok, why = super().can_implement(config)
         if not ok:
             return ok, why
         scheme, k = config.scheme, config.k
@@ -117,13 +113,6 @@ class WeightOnlyGemvCudaKernel(LinearKernel):
         if fmt in (FMT_FP4, FMT_FP8) and config.dtype != torch.bfloat16:
             return False, "FP4/FP8 weights need bf16 activations here (their scales can leave fp16's range)"
         return True, None
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.fmt = element_format(self.scheme)
-        self.group_size = group_size(self.scheme, config.k)
-        if self.scheme.family in ACTIVATIONS_KEPT:
-            announce_weight_only_fallback(self.scheme.name, self.kernel_name())
 
     def prepare(self, tensors):
         cfg = self.config

@@ -18,18 +18,12 @@ from typing import Optional
 
 import torch
 
-from .base import LinearKernel, check_all, needs_cuda, needs_library
+from .base import check_all, needs_cuda, needs_library
 from .weight_only_layout import (
-    ACTIVATIONS_KEPT,
-    WEIGHT_ONLY_FAMILIES,
-    announce_weight_only_fallback,
+    WeightOnlyKernel,
     check_activation,
     element_bits,
-    element_format,
     group_size,
-    prepare_weight_only,
-    weight_only_activations,
-    weight_only_family_check,
 )
 
 try:  # triton is optional (absent on some platforms): its absence is a reason from is_supported
@@ -218,45 +212,14 @@ def _(x, qweight, scales, zeros, g_idx, fmt, group_size, n, k):
     return x.new_empty((x.shape[0], n))
 
 
-class WeightOnlyGemmTritonKernel(LinearKernel):
+class WeightOnlyGemmTritonKernel(WeightOnlyKernel):
     backend = "triton"
-    families = WEIGHT_ONLY_FAMILIES
     dtypes = _DTYPES
+    op = torch.ops.quantops.weight_only_gemm_triton
 
     @classmethod
     def is_supported(cls, capability):
         return check_all(needs_cuda(capability, (8, 0)), lambda: needs_library("triton"))
-
-    @classmethod
-    def can_implement(cls, config):
-        return weight_only_family_check(config)
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.fmt = element_format(self.scheme)
-        self.group_size = group_size(self.scheme, config.k)
-        if self.scheme.family in ACTIVATIONS_KEPT:
-            announce_weight_only_fallback(self.scheme.name, self.kernel_name())
-
-    def prepare(self, tensors):
-        cfg = self.config
-        return prepare_weight_only(tensors, self.scheme, cfg.n, cfg.k)
-
-    def apply_2d(self, x, prepared, bias):
-        cfg = self.config
-        x = weight_only_activations(x, self.scheme, cfg.k)
-        out = torch.ops.quantops.weight_only_gemm_triton(
-            x,
-            prepared["qweight"],
-            prepared["scales"],
-            prepared.get("zeros"),
-            prepared.get("g_idx"),
-            self.fmt,
-            self.group_size,
-            cfg.n,
-            cfg.k,
-        )
-        return out if bias is None else out + bias
 
 
 __all__ = ["WeightOnlyGemmTritonKernel", "weight_only_gemm_triton", "decode_float_codes", "weight_tile"]

@@ -25,6 +25,7 @@ from ..formats.activations import dequantize_activation, quantize_activation
 from ..formats.elements import decode_e8m0, pack_int32, unpack_int32
 from ..formats.pack_quantized import unpack_zero_point
 from ..schemes import QuantScheme
+from .base import LinearKernel
 
 logger = logging.getLogger("quantops")
 
@@ -144,3 +145,34 @@ def check_activation(op: str, x: torch.Tensor, k: int, weight: torch.Tensor, dty
         raise ValueError(f"{op}: activation dtype {x.dtype} not in {list(dtypes)}")
     if x.device != weight.device:
         raise ValueError(f"{op}: activation on {x.device} but weights on {weight.device}")
+
+
+class WeightOnlyKernel(LinearKernel):
+    """What the weight-only kernel classes share: the scheme's element format and group size, the logged notice
+    when a W4A4 / W8A8 checkpoint runs weight-only, and - for ops that take the canonical prepared tensors
+    (`op` below: x, qweight, scales, zeros, g_idx, fmt, group_size, n, k) - prepare and apply. A kernel with its
+    own layout overrides prepare and apply_2d."""
+
+    families = WEIGHT_ONLY_FAMILIES
+    op = None  # torch.ops.quantops.<op> of a kernel that keeps the canonical layout
+
+    @classmethod
+    def can_implement(cls, config):
+        return weight_only_family_check(config)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.fmt = element_format(self.scheme)
+        self.group_size = group_size(self.scheme, config.k)
+        if self.scheme.family in ACTIVATIONS_KEPT:
+            announce_weight_only_fallback(self.scheme.name, self.kernel_name())
+
+    def prepare(self, tensors):
+        return prepare_weight_only(tensors, self.scheme, self.config.n, self.config.k)
+
+    def apply_2d(self, x, prepared, bias):
+        cfg = self.config
+        x = weight_only_activations(x, self.scheme, cfg.k)
+        out = self.op(x, prepared["qweight"], prepared["scales"], prepared.get("zeros"), prepared.get("g_idx"),
+                      self.fmt, self.group_size, cfg.n, cfg.k)
+        return out if bias is None else out + bias
