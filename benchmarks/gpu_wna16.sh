@@ -8,7 +8,7 @@
 # Environment: OUT (default ./gpu-out); PHASES (default "build tests sweep bench bench2"); TEST_TIMEOUT (s,
 # default 240); BENCH_SECONDS (default 120); SCHEMES/SHAPES (bench: default W4A16 on square-8192,llama3-8b) and
 # SCHEMES2/SHAPES2 (bench2: the other weight-only schemes on square-8192); MS (batch sizes); BENCH_ARGS (extra
-# arguments of the first bench, e.g. "--kernels Gemv").
+# arguments of the first bench, e.g. "--kernels Gemv"); TEST_K (a pytest -k expression for the tests).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -29,7 +29,7 @@ echo "build: exit $? after $(( $(date +%s) - t0 ))s"; head -3 "$OUT/build.log"; 
 
 if has tests; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu tests/test_gpu_wna16.py -q -p no:cacheprovider \
-    --durations=8 ${PYTEST_ARGS:-} >"$OUT/gpu_tests.log" 2>&1
+    --durations=8 ${TEST_K:+-k "$TEST_K"} >"$OUT/gpu_tests.log" 2>&1
   echo "gpu tests: exit $? after $(( $(date +%s) - t0 ))s"
   grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -2
   grep -E "^(FAILED|ERROR)|^E  " "$OUT/gpu_tests.log" | cut -c1-200 | head -40

@@ -1,4 +1,6 @@
-"""Decode GEMV on the GPU: time the CUDA weight-only GEMV for every launch shape (warps splitting K) against bf16 F.linear, and report bytes moved per microsecond against the measured copy bandwidth.
+"""The CUDA weight-only kernels on the GPU: time both paths of the op -- the GEMV (16 rows of x per launch, warps
+splitting K) and the GEMM (x shared by a block, K split over blocks) -- for each launch shape against bf16
+F.linear, and report bytes moved per microsecond against the measured copy bandwidth.
 
     python benchmarks/wna16_gemv_sweep.py [--out DIR]
 
@@ -23,8 +25,9 @@ from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 
 SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 EXTRA = ["NVFP4A16", "MXFP4A16", "W8A16", "MXFP8A16", "W4A16_ASYM"]  # on 8192x8192 only
-MS = [1, 4, 8, 16]
-SPLITS = [0, 1, 2, 4, 8]  # warps per block splitting K (0: the launcher's choice)
+MS = [1, 4, 8, 16, 32, 64, 128, 256]
+SPLITS = [0, 1, 2, 4, 8]  # GEMV: warps per block splitting K; GEMM: blocks splitting K (0: the launcher's choice)
+GEMV, GEMM = 0, 1
 FLUSH = 256 << 20
 
 
@@ -52,6 +55,15 @@ def copy_bandwidth() -> float:
     return 2 * a.numel() / (ms * 1e-3) / 1e12  # TB/s, read + write
 
 
+def configs(name: str, n: int, k: int, m: int) -> list[tuple[int, int]]:
+    """(path, ksplit) to time: the GEMV up to 16 rows (32 to see the crossing), the GEMM from 8; every split on the
+    first W4A16 shape, the launcher's choice elsewhere."""
+    every = name == "W4A16" and (n, k) == SHAPES[0]
+    out = [(GEMV, ks) for ks in (SPLITS if every else [0]) if m <= 32]
+    out += [(GEMM, ks) for ks in (SPLITS if every else [0]) if m >= 8]
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -77,25 +89,24 @@ def main():
             bf16_us = graph_time([lambda wc=wc: torch.nn.functional.linear(x, wc) for wc in bf_copies])
             moved = wbytes + x.numel() * 2 + m * n * 2
             best = None
-            for ks in SPLITS:
+            for path, ks in configs(name, n, k, m):
                 calls = [
-                    lambda pp=pp, ks=ks: ext.weight_only_gemv(
+                    lambda pp=pp, ks=ks, path=path: ext.weight_only_gemv(
                         x, pp["qweight"], pp["scales"], pp.get("zeros"), pp.get("alpha"), kernel.fmt, kernel.group_size, n, k,
-                        cuda_ext.stream_handle(x), ks,
+                        cuda_ext.stream_handle(x), ks, path,
                     )
                     for pp in preps
                 ]
                 us = graph_time(calls)
-                row = dict(scheme=name, n=n, k=k, m=m, ksplit=ks, us=round(us, 2), bf16_us=round(bf16_us, 2),
-                           ratio=round(bf16_us / us, 2), gbps=round(moved / us / 1e3, 1),
-                           pct_copy_bw=round(100 * moved / us / 1e6 / bw, 1))
+                row = dict(scheme=name, n=n, k=k, m=m, path="gemv" if path == GEMV else "gemm", ksplit=ks,
+                           us=round(us, 2), bf16_us=round(bf16_us, 2), ratio=round(bf16_us / us, 2),
+                           gbps=round(moved / us / 1e3, 1), pct_copy_bw=round(100 * moved / us / 1e6 / bw, 1))
                 rows.append(row)
-                if ks and (best is None or us < best["us"]):
+                if best is None or us < best["us"]:
                     best = row
-            auto = next(r for r in rows if r["scheme"] == name and r["n"] == n and r["k"] == k and r["m"] == m
-                        and r["ksplit"] == 0)
-            print(f"{name:10s} {n:5d}x{k:<5d} M={m:<2d} bf16 {bf16_us:7.1f}us | auto {auto['us']:6.1f}us "
-                  f"{auto['ratio']:4.2f}x {auto['gbps']:6.0f} GB/s ({auto['pct_copy_bw']:4.1f}% copy) | best "
+            autos = [r for r in rows if (r["scheme"], r["n"], r["k"], r["m"], r["ksplit"]) == (name, n, k, m, 0)]
+            line = " | ".join(f"{r['path']} {r['us']:6.1f}us {r['ratio']:4.2f}x ({r['pct_copy_bw']:4.1f}% copy)" for r in autos)
+            print(f"{name:10s} {n:5d}x{k:<5d} M={m:<3d} bf16 {bf16_us:7.1f}us | {line} | best {best['path']} "
                   f"ks={best['ksplit']:<2d} {best['us']:6.1f}us {best['ratio']:4.2f}x", flush=True)
         del preps, bf_copies
         torch.cuda.empty_cache()

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/csrc/utils/pybind.h>  // at::Tensor <-> Python casters (lighter than torch/extension.h)
 
 #include <array>
@@ -43,7 +44,7 @@ struct DeviceScope {
 at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                             const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& alpha,
                             int64_t fmt, int64_t group_size, int64_t n, int64_t k, int64_t stream_handle,
-                            int64_t ksplit) {
+                            int64_t ksplit, int64_t path) {
   TORCH_CHECK(x.is_cuda() && qweight.is_cuda() && scales.is_cuda(), "weight_only_gemv: tensors must be on CUDA");
   TORCH_CHECK(x.dim() == 2 && x.size(1) == k, "weight_only_gemv: x must be [M, ", k, "], got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
@@ -94,29 +95,51 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const int num_sms = device_attribute<cudaDevAttrMultiProcessorCount>(x.get_device(), 132);
   const int max_smem = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(x.get_device(), 48 * 1024);
+  quantops::GemvArgs a;
+  a.x = x.data_ptr();
+  a.w = qweight.data_ptr();
+  a.scales = scales.data_ptr();
+  a.zeros = zeros ? zeros->data_ptr<uint8_t>() : nullptr;
+  a.alpha = (nvfp4 && alpha) ? alpha->data_ptr<float>() : nullptr;
+  a.out = out.data_ptr();
+  a.M = int(m);
+  a.N = int(n);
+  a.K = int(k);
+  a.n_pad = int(n_pad);
+  a.tiles_k = int(k_pad / tile_k);
+  a.G = int(groups);
+  a.group_shift = shift;
+  a.group_size = int(group_size);
+  a.fmt = int(fmt);
+  a.bf16 = x.scalar_type() == at::kBFloat16;
+  a.ksplit = int(ksplit);
+  a.num_sms = num_sms;
+  a.max_smem = max_smem;
+  // path: 0 = GEMV (chunks of 16 rows), 1 = GEMM, -1 = GEMV up to kMaxRows rows, else the GEMM (where its shared
+  // memory fits this device)
+  const quantops::GemmPlan plan = quantops::plan_weight_only_gemm(a);
+  const bool fits = quantops::gemm_smem_bytes(a, plan) <= size_t(max_smem);
+  TORCH_CHECK(path != 1 || fits, "weight_only_gemv: the GEMM needs ", quantops::gemm_smem_bytes(a, plan),
+              " bytes of shared memory per block, this device allows ", max_smem);
+  if (path == 1 || (path < 0 && m > quantops::kMaxRows && fits)) {
+    at::Tensor partial, arrivals;  // split K: fp32 partial sums and a zeroed arrival counter per row block
+    if (plan.splits > 1) {
+      partial = at::empty({int64_t(plan.chunks) * plan.splits * plan.mt * n_pad}, x.options().dtype(at::kFloat));
+      arrivals = at::zeros({int64_t(plan.chunks) * plan.blocks_n}, x.options().dtype(at::kInt));
+      a.partial = partial.data_ptr<float>();
+      a.arrivals = arrivals.data_ptr<int>();
+    }
+    const cudaError_t err = is_int ? quantops::launch_weight_only_gemm_int(a, stream)
+                                   : quantops::launch_weight_only_gemm_fp(a, stream);
+    TORCH_CHECK(err == cudaSuccess, "weight_only_gemm launch failed: ", cudaGetErrorString(err));
+    return out;
+  }
   const size_t x_row = size_t(k) * x.element_size();
   const size_t o_row = size_t(n) * out.element_size();
   for (int64_t m0 = 0; m0 < m; m0 += quantops::kMaxRows) {
-    quantops::GemvArgs a;
     a.x = static_cast<const char*>(x.data_ptr()) + m0 * x_row;
-    a.w = qweight.data_ptr();
-    a.scales = scales.data_ptr();
-    a.zeros = zeros ? zeros->data_ptr<uint8_t>() : nullptr;
-    a.alpha = (nvfp4 && alpha) ? alpha->data_ptr<float>() : nullptr;
     a.out = static_cast<char*>(out.data_ptr()) + m0 * o_row;
     a.M = int(std::min<int64_t>(quantops::kMaxRows, m - m0));
-    a.N = int(n);
-    a.K = int(k);
-    a.n_pad = int(n_pad);
-    a.tiles_k = int(k_pad / tile_k);
-    a.G = int(groups);
-    a.group_shift = shift;
-    a.group_size = int(group_size);
-    a.fmt = int(fmt);
-    a.bf16 = x.scalar_type() == at::kBFloat16;
-    a.ksplit = int(ksplit);
-    a.num_sms = num_sms;
-    a.max_smem = max_smem;
     const cudaError_t err = is_int ? quantops::launch_weight_only_gemv_int(a, stream)
                                    : quantops::launch_weight_only_gemv_fp(a, stream);
     TORCH_CHECK(err == cudaSuccess, "weight_only_gemv launch failed: ", cudaGetErrorString(err));
@@ -127,8 +150,9 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("weight_only_gemv", &weight_only_gemv, "Weight-only GEMV for M <= 16 (chunks of 16 rows beyond)",
+  m.def("weight_only_gemv", &weight_only_gemv,
+        "Weight-only GEMV for M <= 16 rows of x, the batched GEMM beyond (path: -1 auto, 0 GEMV, 1 GEMM)",
         pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"), pybind11::arg("alpha"),
         pybind11::arg("fmt"), pybind11::arg("group_size"), pybind11::arg("n"), pybind11::arg("k"),
-        pybind11::arg("stream"), pybind11::arg("ksplit") = 0);
+        pybind11::arg("stream"), pybind11::arg("ksplit") = 0, pybind11::arg("path") = -1);
 }

@@ -1,4 +1,4 @@
-// Host-side interface of the weight-only GEMV (compiled by both nvcc and the host C++ compiler).
+// Host-side interface of the weight-only GEMV and GEMM (compiled by both nvcc and the host C++ compiler).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,7 +9,7 @@ namespace quantops {
 
 enum WeightFormat : int { kInt4 = 0, kInt8 = 1, kFp4 = 2, kFp8 = 3 };
 
-constexpr int kMaxRows = 16;  // rows of x one launch covers (two 8-column MMA halves)
+constexpr int kMaxRows = 16;  // rows of x one GEMV launch covers (two 8-column MMA halves)
 
 struct GemvArgs {
   const void* x;         // [M, K], row stride K
@@ -24,14 +24,50 @@ struct GemvArgs {
   int group_size;
   int fmt;
   bool bf16;   // activation dtype: bf16 (true) or fp16
-  int ksplit;  // warps per block splitting K; 0 = choose
+  int ksplit;  // GEMV: warps per block splitting K; GEMM: blocks splitting K; 0 = choose
   int num_sms;
   int max_smem;  // shared memory a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin); 0: 48 KiB
+  float* partial = nullptr;  // GEMM with split K: fp32 [chunks * splits * mt * n_pad] (GemmPlan)
+  int* arrivals = nullptr;   // GEMM with split K: int32 [chunks * blocks_n], zero before the launch
 };
 
-// Launch for M <= kMaxRows. Returns cudaSuccess or the launch error; unsupported combinations give
-// cudaErrorInvalidValue (the Python side validates before calling).
+// How the GEMM covers a launch (weight_only_gemm.cuh): chunks of mt rows of x, row blocks of 256 weight rows,
+// K split over `splits` blocks (about one block per SM; at least two K tiles each unless forced by ksplit).
+struct GemmPlan {
+  int mt, chunks, blocks_n, splits;
+};
+
+inline GemmPlan plan_weight_only_gemm(const GemvArgs& a) {
+  constexpr int kRowsPerBlock = 256;
+  GemmPlan p;
+  p.mt = a.M <= 16 ? 16 : a.M <= 32 ? 32 : 64;
+  p.chunks = (a.M + p.mt - 1) / p.mt;
+  p.blocks_n = (a.n_pad + kRowsPerBlock - 1) / kRowsPerBlock;
+  int s;
+  if (a.ksplit > 0) {
+    s = a.ksplit;
+  } else {
+    s = (a.num_sms > 0 ? a.num_sms : 132) / (p.blocks_n * p.chunks);
+    if (s > a.tiles_k / 2) s = a.tiles_k / 2;
+  }
+  if (s > a.tiles_k) s = a.tiles_k;
+  p.splits = s > 1 ? s : 1;
+  return p;
+}
+
+// Shared memory of one GEMM block: 4 stages of (x tile [mt, tile_k] in 16-bit + 8 warps x 2 bands x 1024 bytes).
+inline size_t gemm_smem_bytes(const GemvArgs& a, const GemmPlan& p) {
+  const int bits = (a.fmt == kInt4 || a.fmt == kFp4) ? 4 : 8;
+  const int units_per_row = 4 * 128 / bits * 2 / 16;
+  return size_t(4) * (p.mt * units_per_row + 8 * 2 * 64) * 16;
+}
+
+// Launch for M <= kMaxRows (GEMV) or any M (GEMM). Returns cudaSuccess or the launch error; unsupported
+// combinations (and a GEMM needing more shared memory than the device has) give cudaErrorInvalidValue (the
+// Python side validates before calling).
 cudaError_t launch_weight_only_gemv_int(const GemvArgs& a, cudaStream_t stream);
 cudaError_t launch_weight_only_gemv_fp(const GemvArgs& a, cudaStream_t stream);
+cudaError_t launch_weight_only_gemm_int(const GemvArgs& a, cudaStream_t stream);
+cudaError_t launch_weight_only_gemm_fp(const GemvArgs& a, cudaStream_t stream);
 
 }  // namespace quantops

@@ -120,8 +120,10 @@ def test_cuda_gemv_matches_emulation():
 
 
 def test_cuda_gemv_split_choices():
-    """Every K split gives the same answer (the sweep times them); N=264 is an odd band count (one band per
-    warp), N=256 an even one (two); K=1152 is 9 tiles of 4-bit, split unevenly."""
+    """Both paths of the CUDA op (GEMV: 16 rows of x per launch; GEMM: x shared by a block, K split over blocks)
+    and every K split give the same answer (the sweep times them); N=264 is an odd band count (one band per GEMV
+    warp; a GEMM block of 256 rows plus a partial one), N=256 an even one; K=1152 is 9 tiles of 4-bit, split
+    unevenly; M=130 is three chunks of the GEMM."""
     from quantops.kernels import cuda_ext
     from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 
@@ -130,16 +132,16 @@ def test_cuda_gemv_split_choices():
         scheme, tensors = layer(name, {}, n, k)
         kernel = WeightOnlyGemvCudaKernel(LinearConfig(scheme, n, k, BF16))
         p = kernel.prepare(tensors)
-        for m in (1, 5, 16, 30, 64):
+        for m in (1, 5, 16, 30, 64, 130):
             x = torch.randn(m, k, device=DEV, dtype=BF16)
             ref = reference(scheme, tensors, n, k, x, None, BF16)
-            for ksplit in (1, 2, 3, 8):
+            for ksplit, path in itertools.product((0, 1, 2, 3, 8), (0, 1)):
                 out = cuda_ext.extension.weight_only_gemv(
                     x, p["qweight"], p["scales"], p.get("zeros"), p.get("alpha"), kernel.fmt, kernel.group_size, n, k,
-                    cuda_ext.stream_handle(x), ksplit,
+                    cuda_ext.stream_handle(x), ksplit, path,
                 )
                 if rel_err(out, ref) > 1e-2:
-                    failures.append(f"{name} {n}x{k} M={m} ksplit={ksplit}: {rel_err(out, ref):.2e}")
+                    failures.append(f"{name} {n}x{k} M={m} ksplit={ksplit} path={path}: {rel_err(out, ref):.2e}")
     assert not failures, "\n".join(failures)
 
 
@@ -187,11 +189,12 @@ def test_fbgemm_int4_matches_emulation():
 def test_no_sync_and_cuda_graph(spec):
     cls = load(spec)
     n, k = 512, 1024
-    for name in ("W4A16_ASYM", "NVFP4A16"):
+    # M=40: the CUDA kernel's GEMM path, with K split over blocks (a workspace and arrival counters per call)
+    for name, m in itertools.product(("W4A16_ASYM", "NVFP4A16"), (8, 40)):
         scheme, tensors = layer(name, {"actorder": True, "group_size": 128} if name == "W4A16_ASYM" else {}, n, k)
         kernel = cls(LinearConfig(scheme, n, k, BF16))
         prepared = kernel.prepare(tensors)
-        x = torch.randn(8, k, device=DEV, dtype=BF16)
+        x = torch.randn(m, k, device=DEV, dtype=BF16)
         expect = kernel.apply(x, prepared, None)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")

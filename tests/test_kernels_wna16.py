@@ -9,6 +9,7 @@ weights or W4AFP8's dequantized activations to bf16 once, and outputs to bf16).
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -332,7 +333,12 @@ def test_csrc_compiles_with_nvcc(tmp_path):
     defines = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
                "-D__CUDA_NO_HALF2_OPERATORS__"]
     jobs = []
-    for src in ("weight_only_gemv_int.cu", "weight_only_gemv_fp.cu"):
+    units = sorted(p.name for p in csrc.glob("*.cu"))
+    # the extension's source list (read without importing cuda_ext, whose import is the build) names them all
+    tree = ast.parse((REPO / "quantops" / "kernels" / "cuda_ext.py").read_text())
+    listed = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "SOURCES")
+    assert sorted(s for s in listed if s.endswith(".cu")) == units
+    for src in units:
         cmd = ["nvcc", "-c", "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v",
                *defines, f"-I{csrc}", str(csrc / src), "-o", str(tmp_path / (src + ".o"))]
         jobs.append((src, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))

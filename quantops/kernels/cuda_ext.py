@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = ("bindings.cpp", "weight_only_gemv_int.cu", "weight_only_gemv_fp.cu")
+SOURCES = (
+    "bindings.cpp",
+    "weight_only_gemv_int.cu",
+    "weight_only_gemv_fp.cu",
+    "weight_only_gemm_int.cu",
+    "weight_only_gemm_fp.cu",
+)
 # sm_80 for Ampere; sm_90a for Hopper (the 'a' target allows Hopper-only instructions; explicit -gencode
 # flags also stop torch from adding its own arch list)
 NVCC_FLAGS = (

@@ -1,0 +1,291 @@
+// Device helpers shared by the weight-only GEMV (weight_only_gemv.cuh) and GEMM (weight_only_gemm.cuh): the
+// tensor-core MMA, cp.async, the dequantization of one 16-byte chunk of codes into packed pairs, and scales.
+// The tiled weight layout both kernels read is described in weight_only_gemv.cuh.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "weight_only_gemv.h"
+
+namespace quantops {
+
+
+template <int FMT>
+struct FormatTraits {
+  static constexpr int kBits = (FMT == kInt4 || FMT == kFp4) ? 4 : 8;
+  static constexpr int kValuesPerChunk = 128 / kBits;  // one 16-byte load
+  static constexpr bool kIsInt = (FMT == kInt4 || FMT == kInt8);
+  static constexpr int kBlockK = 4 * kValuesPerChunk;  // columns of one 1024-byte tile
+};
+
+template <typename T>
+struct Vec2;
+template <>
+struct Vec2<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+};
+template <>
+struct Vec2<__half> {
+  using type = __half2;
+};
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+// (a & b) | c in one LOP3 (the compiler splits it in two when both constants are immediates)
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b) {
+  using V = typename Vec2<T>::type;
+  V r = __hsub2(*reinterpret_cast<V*>(&a), *reinterpret_cast<V*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) {
+  using V = typename Vec2<T>::type;
+  V r = __hmul2(*reinterpret_cast<V*>(&a), *reinterpret_cast<V*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 r = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 r = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t splat2(T v) {
+  uint16_t u = *reinterpret_cast<uint16_t*>(&v);
+  return (uint32_t(u) << 16) | u;
+}
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<float>(float v) {
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+
+// D += A * B, m16n8k16, fp32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// Weights are read once and straight into shared memory (cp.async.cg: cached in L2 only, no registers held
+// while in flight), so a warp can keep many tiles on the way; each lane later reads back only what it copied.
+__device__ __forceinline__ void copy_async16(void* smem, const void* gmem) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING>
+__device__ __forceinline__ void copy_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+
+// ---- dequantization of one 16-byte chunk into PAIRS packed T2 values (pair i = elements 2i, 2i+1) ----------
+
+template <typename T>
+struct Int4Magic;  // OR-ing a nibble into these bits gives base + nibble exactly
+template <>
+struct Int4Magic<__nv_bfloat16> {
+  static constexpr uint32_t kBits = 0x43004300u;
+  static constexpr float kBase = 128.f;
+  static constexpr uint32_t kOne2 = 0x3F803F80u;  // 1.0 twice
+};
+template <>
+struct Int4Magic<__half> {
+  static constexpr uint32_t kBits = 0x64006400u;
+  static constexpr float kBase = 1024.f;
+  static constexpr uint32_t kOne2 = 0x3C003C00u;
+};
+
+// int4: (code - zero) [* scale]. Magic-number conversion: OR-ing a nibble into the mantissa of 128.0 (bf16) or
+// 1024.0 (fp16) gives 128+code (1024+code) exactly; subtracting 128+zero (1024+zero) is exact; one rounding
+// in the multiply by the scale (none when the scale is applied to the accumulators instead).
+// SUB = false leaves base+code: the caller takes (base+zero) * sum(x) off the accumulators instead.
+template <typename T, bool SUB, bool SCALE>
+__device__ __forceinline__ void dequant_int4(const uint4& w, uint32_t zero2, uint32_t scale2, uint32_t (&p)[16]) {
+  static_assert(SUB || !SCALE, "scaling base+code would scale the base");
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t v = and_or(words[j] >> (4 * q), 0x000F000Fu, Int4Magic<T>::kBits);
+      p[4 * j + q] = !SUB ? v : SCALE ? mul2<T>(sub2<T>(v, zero2), scale2) : sub2<T>(v, zero2);
+    }
+  }
+}
+
+// int8: byte -> fp32 through the 2^23 magic (exact), minus the zero (exact), [times the scale,] one rounding to
+// T (none without the scale: |code - zero| <= 255 fits bf16 and fp16).
+template <typename T, bool SCALE>
+__device__ __forceinline__ void dequant_int8(const uint4& w, float zero, float scale, uint32_t (&p)[8]) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+  const float bias = 8388608.0f + zero;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const float lo = __uint_as_float(prmt(words[j], 0x4B000000u, 0x7440u + 2 * q)) - bias;
+      const float hi = __uint_as_float(prmt(words[j], 0x4B000000u, 0x7441u + 2 * q)) - bias;
+      p[2 * j + q] = SCALE ? pack2<T>(lo * scale, hi * scale) : pack2<T>(lo, hi);
+    }
+  }
+}
+
+// Scale a pair of decoded bf16 bit patterns whose exponent is short of its true value by `fix` (a power of 2):
+// one multiply by scale*fix when that is a finite bf16, else two (exact power-of-2 step first).
+struct FpScale {
+  uint32_t one;    // bf16x2 of scale*fix, when finite
+  uint32_t fix;    // bf16x2 of fix
+  uint32_t scale;  // bf16x2 of scale
+  bool single;
+};
+
+__device__ __forceinline__ FpScale make_fp_scale(float scale, float fix) {
+  FpScale s;
+  const float combined = scale * fix;
+  s.single = combined <= 3.0e38f;  // bf16 max is 3.39e38; NaN also takes the two-step path
+  s.one = splat2<__nv_bfloat16>(__float2bfloat16_rn(combined));
+  s.fix = splat2<__nv_bfloat16>(__float2bfloat16_rn(fix));
+  s.scale = splat2<__nv_bfloat16>(__float2bfloat16_rn(scale));
+  return s;
+}
+
+__device__ __forceinline__ uint32_t apply_fp_scale(uint32_t v, const FpScale& s) {
+  return s.single ? mul2<__nv_bfloat16>(v, s.one)
+                  : mul2<__nv_bfloat16>(mul2<__nv_bfloat16>(v, s.fix), s.scale);
+}
+
+// fp4 e2m1 -> bf16 bits: sign to bit 15, the 3 magnitude bits (e1 e0 m) to bits 8..6, giving the value
+// times 2^-126 (e2m1's exponent bias is 1, bf16's 127; e=0 lands on bf16 subnormals, which are exact).
+// SPC scales per chunk: word j uses scale j / (4 / SPC).
+template <int SPC>
+__device__ __forceinline__ void dequant_fp4(const uint4& w, const FpScale (&s)[SPC], uint32_t (&p)[16]) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t a = words[j] >> (4 * q);
+      const uint32_t v = ((a << 6) & 0x01C001C0u) | ((a << 12) & 0x80008000u);
+      p[4 * j + q] = apply_fp_scale(v, s[j / (4 / SPC)]);
+    }
+  }
+}
+
+// fp8 e4m3 -> bf16 bits: sign to bit 15, exponent+mantissa (7 bits) to bits 10..4: the value times 2^-120.
+__device__ __forceinline__ void dequant_fp8(const uint4& w, const FpScale& s, uint32_t (&p)[8]) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const uint32_t y = prmt(words[j], 0u, q ? 0x4342u : 0x4140u);  // bytes (2q, 2q+1) at bits 0 and 16
+      const uint32_t v = ((y << 4) & 0x07F007F0u) | ((y << 8) & 0x80008000u);
+      p[2 * j + q] = apply_fp_scale(v, s);
+    }
+  }
+}
+
+// ---- scales ------------------------------------------------------------------------------------------
+
+// How the per-group scales are stored: in the activation dtype (int formats), e4m3 times a global factor
+// (NVFP4), or e8m0 powers of two (MX).
+enum ScaleKind : int { kScaleT = 0, kScaleE4m3 = 1, kScaleE8m0 = 2 };
+
+
+__device__ __forceinline__ float e4m3_to_float(uint32_t b) {
+  const uint32_t e = (b >> 3) & 0xF, m = b & 7;
+  const float v = e ? __uint_as_float(((e + 120) << 23) | (m << 20)) : float(m) * 0.001953125f;
+  return (b & 0x80) ? -v : v;
+}
+
+__device__ __forceinline__ float e8m0_to_float(uint32_t code) {
+  return code ? __uint_as_float(code << 23) : __uint_as_float(0x00400000u);  // 2^(code-127); 0 -> 2^-127
+}
+
+
+// One scale (or zero) code as stored: T bits for the int formats, one byte for e4m3 / e8m0.
+template <int SK>
+__device__ __forceinline__ uint32_t load_scale_code(const uint8_t* scales, size_t idx) {
+  if constexpr (SK == kScaleT) {
+    return __ldg(reinterpret_cast<const unsigned short*>(scales) + idx);
+  } else {
+    return __ldg(scales + idx);
+  }
+}
+
+template <typename T, int SK>
+__device__ __forceinline__ float decode_scale(uint32_t code, float global) {
+  if constexpr (SK == kScaleT) {
+    const uint16_t bits = uint16_t(code);
+    return to_float<T>(*reinterpret_cast<const T*>(&bits));
+  } else if constexpr (SK == kScaleE4m3) {
+    return e4m3_to_float(code) * global;
+  } else {
+    return e8m0_to_float(code);
+  }
+}
+
+}  // namespace quantops

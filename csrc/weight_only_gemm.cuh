@@ -1,0 +1,326 @@
+// Weight-only GEMM for batched decode and short prefill (M > 16 per launch, in chunks of up to 64 rows of x):
+// the GEMV's tiled weights and dequantization (weight_only_gemv.cuh), with x staged once per block in shared
+// memory and shared by all its warps.
+//
+// Why not the GEMV in chunks of 16 rows: each GEMV warp reads its own copy of x, so at M = 64 the x traffic out
+// of L2 is 16x the weight traffic and the kernel is L2-bound (8192x8192: 76 us, bf16 cuBLAS 42 us). Here a
+// block of 8 warps covers 256 weight rows (two 16-row bands per warp) and reads each x tile once for all of
+// them; at M = 64 the MMAs are the limit (m16n8k16, 64 per band and tile), not the bytes.
+//
+// Block: 8 warps x 2 bands = 256 rows, one chunk of MT = 8 * MH rows of x, one range of K tiles (split K over
+// blockIdx.y when the row blocks alone would leave SMs idle). A 4-stage cp.async pipeline holds, per stage,
+// the x tile [MT, tile_k] (every thread copies a share) and each warp's weight tiles (each lane its own 2 x 16
+// bytes per band, read back only by itself); one __syncthreads per tile makes the x tile visible to all.
+// x rows in shared memory are XOR-swizzled in 16-byte units so that a quarter warp's 16-byte reads (two rows,
+// four lanes' chunks each) hit eight different bank groups.
+// Split K: each block writes fp32 partial sums; the last block of a row block to arrive (a counter per row block
+// and chunk, zeroed by the caller, reset by that block) adds the splits in split order -- deterministic -- and
+// writes the output.
+#pragma once
+
+#include "weight_only_decode.cuh"
+
+namespace quantops {
+
+constexpr int kGemmWarps = 8;   // warps per block
+constexpr int kGemmBands = 2;   // 16-row bands per warp
+constexpr int kGemmStages = 4;  // tiles in flight per block
+
+__device__ __forceinline__ void copy_async16_zfill(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled (rows past M, columns past K)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(bytes) : "memory");
+}
+
+// Place of 16-byte unit u of x row r inside its row: lanes (g, t) read units 4t..4t+3 (2t, 2t+1 for 8-bit) of
+// row g; t and t+2 would share banks (64 bytes apart), as would rows g and g+1 (a row is 128 or 256 bytes).
+__device__ __forceinline__ int x_unit(int u, int r) { return u ^ (((u >> 3) & 1) << 1) ^ (r & 1); }
+
+template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int MH>
+__global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
+    weight_only_gemm_kernel(const T* __restrict__ x, const uint4* __restrict__ w, const uint8_t* __restrict__ scales,
+                            const uint8_t* __restrict__ zeros, const float* __restrict__ alpha, T* __restrict__ out,
+                            float* __restrict__ partial, int* __restrict__ arrivals, int M, int N, int K, int G,
+                            int group_shift, int tiles_k, int n_bands, int splits) {
+  using Traits = FormatTraits<FMT>;
+  constexpr int NT = kGemmBands;
+  constexpr int VPC = Traits::kValuesPerChunk;
+  constexpr int PAIRS = VPC / 2;
+  constexpr int STEPS = VPC / 4;
+  constexpr int KB = Traits::kBlockK;
+  constexpr int MT = 8 * MH;                         // rows of x per block
+  constexpr int UPR = KB * int(sizeof(T)) / 16;      // 16-byte units per x row of a tile (16 or 8)
+  constexpr int XUNITS = MT * UPR;                   // one x tile
+  constexpr int STAGE = XUNITS + kGemmWarps * NT * 64;  // one stage: the x tile, then every warp's weights
+  constexpr int THREADS = kGemmWarps * 32;
+  constexpr int S = kGemmStages;
+  constexpr int ROWS = kGemmWarps * NT * 16;  // weight rows per block
+  static_assert(!POST || Traits::kIsInt, "accumulator scaling is for integer weights");
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int tig = lane & 3;
+  const int m0 = blockIdx.z * MT;
+  const int split = blockIdx.y;
+  const int per = (tiles_k + splits - 1) / splits;
+  const int first = split * per;
+  const int count = max(0, min(tiles_k, first + per) - first);
+  const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
+  constexpr int SBYTES = SK == kScaleT ? 2 : 1;
+
+  int band[NT];
+  bool valid[NT];
+  const uint4* wrow[NT];
+  const uint8_t* srow[NT][2];
+  const uint8_t* zrow[NT][2];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    band[t] = (blockIdx.x * kGemmWarps + warp) * NT + t;
+    valid[t] = band[t] < n_bands;
+    const int b = valid[t] ? band[t] : 0;
+    wrow[t] = w + ((size_t)b * tiles_k + first) * 64 + lane;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const size_t row = size_t(b * 16 + 8 * r + g) * G;
+      srow[t][r] = scales + row * SBYTES;
+      zrow[t][r] = zeros + row;
+    }
+  }
+
+  extern __shared__ uint4 smem[];
+  uint32_t sb[S][NT][2][SPC];
+  uint32_t zb[S][NT][2];
+  // tile j of this block into stage `slot`: x by every thread, weights (and scale codes, into registers) per warp
+  // Blocks start their K range at different tiles: in step, every block would read the same offset of every
+  // band (bands are 64 KiB apart at K = 8192), and HBM serves such a stride from few channels (measured: 1 block
+  // per row block 60 us, 4 K ranges 24.5 us at 8192x8192 M=8).
+  const int rot = count > 0 ? int((long long)blockIdx.x * count / gridDim.x) : 0;
+  auto issue = [&](int j, int slot, uint32_t (&sv)[NT][2][SPC], uint32_t (&zv)[NT][2]) {
+    if (j < count) {
+      uint4* base = smem + slot * STAGE;
+      const int jr = j + rot < count ? j + rot : j + rot - count;  // tile first + jr of the K range
+      const int col0 = (first + jr) * KB;
+#pragma unroll
+      for (int i = 0; i < (XUNITS + THREADS - 1) / THREADS; ++i) {
+        const int u = threadIdx.x + i * THREADS;
+        if (XUNITS % THREADS == 0 || u < XUNITS) {
+          const int r = u / UPR, c = u % UPR;
+          const int col = col0 + c * (16 / int(sizeof(T)));
+          const bool ok = m0 + r < M && col < K;
+          copy_async16_zfill(base + r * UPR + x_unit(c, r), ok ? x + (size_t)(m0 + r) * K + col : x, ok);
+        }
+      }
+      uint4* dst = base + XUNITS + warp * NT * 64 + lane;
+      const int col = col0 + tig * VPC;
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        if (valid[t]) {
+          copy_async16(dst + t * 64, wrow[t] + jr * 64);
+          copy_async16(dst + t * 64 + 32, wrow[t] + jr * 64 + 32);
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+#pragma unroll
+            for (int i = 0; i < SPC; ++i) {
+              sv[t][r][i] = load_scale_code<SK>(srow[t][r], (col + i * (VPC / SPC)) >> group_shift);
+            }
+            if constexpr (HAS_ZP) zv[t][r] = __ldg(zrow[t][r] + (col >> group_shift));
+          }
+        }
+      }
+    }
+    copy_async_commit();
+  };
+#pragma unroll
+  for (int d = 0; d < S - 1; ++d) issue(d, d, sb[d], zb[d]);
+
+  float acc[NT][MH][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int h = 0; h < MH; ++h)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[t][h][r] = 0.f;
+
+  for (int j0 = 0; j0 < count; j0 += S) {
+#pragma unroll
+    for (int d = 0; d < S; ++d) {
+      const int j = j0 + d;
+      if (j >= count) break;  // block-uniform
+      copy_async_wait<S - 2>();  // this thread's copies of tile j have landed ...
+      __syncthreads();           // ... and everyone's; everyone is also done with tile j - 1's stage
+      issue(j + S - 1, (d + S - 1) % S, sb[(d + S - 1) % S], zb[(d + S - 1) % S]);
+
+      const uint4* xs = smem + d * STAGE;
+      const uint4* ws = xs + XUNITS + warp * NT * 64 + lane;
+      // rows g and g+8 of each band, dequantized: the MMAs' A fragments
+      uint32_t pa[NT][2][PAIRS];
+      float post[NT][2];
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const uint4 wv = ws[t * 64 + 32 * r];
+          float s[SPC];
+#pragma unroll
+          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK>(sb[d][t][r][i], global);
+          post[t][r] = s[0];
+          if constexpr (FMT == kInt4) {
+            const float zero = Int4Magic<T>::kBase + (HAS_ZP ? float(zb[d][t][r]) : 8.f);
+            dequant_int4<T, true, !POST>(wv, splat2<T>(from_float<T>(zero)), splat2<T>(from_float<T>(s[0])),
+                                         pa[t][r]);
+          } else if constexpr (FMT == kInt8) {
+            dequant_int8<T, !POST>(wv, HAS_ZP ? float(zb[d][t][r]) : 128.f, s[0], pa[t][r]);
+          } else if constexpr (FMT == kFp4) {
+            FpScale fs[SPC];
+#pragma unroll
+            for (int i = 0; i < SPC; ++i) fs[i] = make_fp_scale(s[i], 8.507059173023462e37f /* 2^126 */);
+            dequant_fp4<SPC>(wv, fs, pa[t][r]);
+          } else {
+            dequant_fp8(wv, make_fp_scale(s[0], 1.329227995784916e36f /* 2^120 */), pa[t][r]);
+          }
+        }
+      }
+      // x rows h*8 + g, this lane's chunk: the B fragments, shared by the bands. Two halves at a time, k-steps
+      // outermost: 2 x NT independent MMA chains in flight (one chain at a time waits on the MMA latency)
+#pragma unroll
+      for (int h0 = 0; h0 < MH; h0 += 2) {
+        uint32_t xv[2][PAIRS];
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int row = (h0 + hh) * 8 + g;
+#pragma unroll
+          for (int v = 0; v < PAIRS / 4; ++v) {
+            const uint4 c = xs[row * UPR + x_unit(tig * (PAIRS / 4) + v, row)];
+            xv[hh][4 * v] = c.x, xv[hh][4 * v + 1] = c.y, xv[hh][4 * v + 2] = c.z, xv[hh][4 * v + 3] = c.w;
+          }
+        }
+        // up to M = 32 (registers to spare) even and odd k-steps take separate chains too
+        constexpr int CH = MH <= 4 ? 2 : 1;
+        float c[CH][NT][2][4] = {};
+#pragma unroll
+        for (int st = 0; st < STEPS; ++st)
+#pragma unroll
+          for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh)
+              mma16816<T>(c[st % CH][t][hh], pa[t][0][2 * st], pa[t][1][2 * st], pa[t][0][2 * st + 1],
+                          pa[t][1][2 * st + 1], xv[hh][2 * st], xv[hh][2 * st + 1]);
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              const float v = CH == 2 ? c[0][t][hh][r] + c[CH - 1][t][hh][r] : c[0][t][hh][r];
+              float& a = acc[t][h0 + hh][r];
+              a = POST ? fmaf(v, post[t][r >> 1], a) : a + v;
+            }
+      }
+    }
+  }
+  copy_async_wait<0>();
+
+  // c[0..1]: weight row g, c[2..3]: row g+8; columns: x rows h*8 + 2*tig, +1
+  const int n_pad = n_bands * 16;
+  if (splits == 1) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int h = 0; h < MH; ++h)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int n = band[t] * 16 + g + (r >= 2 ? 8 : 0);
+          const int m = m0 + h * 8 + 2 * tig + (r & 1);
+          if (m < M && n < N) out[(size_t)m * N + n] = from_float<T>(acc[t][h][r]);
+        }
+    return;
+  }
+  // partial sums: [chunk][split][MT][n_pad] fp32
+  float* mine = partial + ((size_t)blockIdx.z * splits + split) * MT * n_pad;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int h = 0; h < MH; ++h)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int n = band[t] * 16 + g + (r >= 2 ? 8 : 0);
+        const int m = h * 8 + 2 * tig + (r & 1);
+        if (valid[t] && m0 + m < M) mine[(size_t)m * n_pad + n] = acc[t][h][r];
+      }
+  __threadfence();  // the partial sums are visible device-wide before this block is counted
+  __syncthreads();
+  __shared__ int last;
+  int* counter = arrivals + blockIdx.z * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  // the sum, four outputs per thread and load: every split's loads of a thread in flight together (they come
+  // from L2, a few hundred cycles each)
+  const float* chunk = partial + (size_t)blockIdx.z * splits * MT * n_pad;
+  const int n0 = blockIdx.x * ROWS;
+  constexpr int QUADS = MT * ROWS / 4 / THREADS;
+  float4 sum[QUADS];
+#pragma unroll
+  for (int q = 0; q < QUADS; ++q) sum[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int sp = 0; sp < splits; ++sp) {
+#pragma unroll
+    for (int q = 0; q < QUADS; ++q) {
+      const int i = threadIdx.x + q * THREADS;
+      const int m = i / (ROWS / 4), n = n0 + (i % (ROWS / 4)) * 4;
+      if (m0 + m < M && n < n_pad) {
+        const float4 v = __ldcg(reinterpret_cast<const float4*>(chunk + ((size_t)sp * MT + m) * n_pad + n));
+        sum[q].x += v.x, sum[q].y += v.y, sum[q].z += v.z, sum[q].w += v.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < QUADS; ++q) {
+    const int i = threadIdx.x + q * THREADS;
+    const int m = i / (ROWS / 4), n = n0 + (i % (ROWS / 4)) * 4;
+    const float v[4] = {sum[q].x, sum[q].y, sum[q].z, sum[q].w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (m0 + m < M && n + e < N) out[(size_t)(m0 + m) * N + n + e] = from_float<T>(v[e]);
+  }
+  if (threadIdx.x == 0) *counter = 0;  // ready for the next launch (CUDA graph replays reuse the buffer)
+}
+
+// ---- launch ----------------------------------------------------------------------------------------------
+
+template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int MH>
+cudaError_t launch_gemm_typed(const GemvArgs& a, const GemmPlan& p, cudaStream_t stream) {
+  constexpr int UPR = FormatTraits<FMT>::kBlockK * int(sizeof(T)) / 16;
+  constexpr size_t smem = size_t(kGemmStages) * (8 * MH * UPR + kGemmWarps * kGemmBands * 64) * 16;
+  static_assert(kGemmStages == 4 && kGemmWarps == 8 && kGemmBands == 2, "gemm_smem_bytes (the .h) assumes these");
+  if (smem != gemm_smem_bytes(a, p)) return cudaErrorInvalidValue;
+  const size_t limit = a.max_smem > 0 ? size_t(a.max_smem) : 48 * 1024;
+  if (smem > limit) return cudaErrorInvalidValue;  // the caller falls back to the GEMV
+  if (p.splits > 1 && (a.partial == nullptr || a.arrivals == nullptr)) return cudaErrorInvalidValue;
+  auto kernel = weight_only_gemm_kernel<T, FMT, SPC, SK, HAS_ZP, POST, MH>;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+  }
+  const dim3 grid(p.blocks_n, p.splits, p.chunks);
+  kernel<<<grid, kGemmWarps * 32, smem, stream>>>(
+      static_cast<const T*>(a.x), static_cast<const uint4*>(a.w), static_cast<const uint8_t*>(a.scales), a.zeros,
+      a.alpha, static_cast<T*>(a.out), a.partial, a.arrivals, a.M, a.N, a.K, a.G, a.group_shift, a.tiles_k,
+      a.n_pad / 16, p.splits);
+  return cudaGetLastError();
+}
+
+struct GemmLauncher {
+  template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST>
+  static cudaError_t run(const GemvArgs& a, cudaStream_t stream) {
+    const GemmPlan p = plan_weight_only_gemm(a);
+    switch (p.mt) {
+      case 16: return launch_gemm_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2>(a, p, stream);
+      case 32: return launch_gemm_typed<T, FMT, SPC, SK, HAS_ZP, POST, 4>(a, p, stream);
+      default: return launch_gemm_typed<T, FMT, SPC, SK, HAS_ZP, POST, 8>(a, p, stream);
+    }
+  }
+};
+
+}  // namespace quantops
