@@ -57,8 +57,8 @@ def copy_bandwidth() -> float:
 
 def configs(name: str, n: int, k: int, m: int) -> list[tuple[int, int]]:
     """(path, ksplit) to time: the GEMV up to 16 rows (32 to see the crossing), the GEMM from 8; every split on the
-    first W4A16 shape, the launcher's choice elsewhere."""
-    every = name == "W4A16" and (n, k) == SHAPES[0]
+    W4A16 shapes, the launcher's choice for the other formats."""
+    every = name == "W4A16"
     out = [(GEMV, ks) for ks in (SPLITS if every else [0]) if m <= 32]
     out += [(GEMM, ks) for ks in (SPLITS if every else [0]) if m >= 8]
     return out

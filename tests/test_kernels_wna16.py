@@ -310,13 +310,13 @@ def test_cuda_ext_import_gives_reason_without_gpu():
 @pytest.mark.parametrize("name", ["W4A16", "W8A16", "W4AFP8", "NVFP4A16", "MXFP4A16", "MXFP8A16", "NVFP4", "MXFP8"])
 def test_selection_plan_on_hopper(name):
     sel = select_kernel(name, N=4096, K=4096, capability=(9, 0), libraries=["triton", "quantops_cuda", "fbgemm"])
-    # the GEMV up to M=16 where an FBGEMM GEMM takes over (int4 groups), else up to 64 (ranking.py's numbers)
-    top = 16 if name in ("W4A16", "W4AFP8") else 64
+    # the CUDA op up to M=32 where FBGEMM's bf16 x int4 GEMM takes over, else up to 64 (ranking.py's numbers)
+    top = 32 if name == "W4A16" else 64
     assert (top, "WeightOnlyGemvCudaKernel") in [(m, cls.kernel_name()) for m, cls in sel.plan]
     assert sel.for_m(top + 1).kernel_name() != "WeightOnlyGemvCudaKernel"
     assert sel.for_m(8).kernel_name() == "WeightOnlyGemvCudaKernel"
     assert sel.for_m(1).kernel_name() == "WeightOnlyGemvCudaKernel"
-    if name == "W4A16":  # FBGEMM from 17 up to 2048
+    if name == "W4A16":  # FBGEMM from 33 up to 2048
         assert sel.for_m(100).kernel_name() == "Int4RowwiseFbgemmKernel"
     assert sel.for_m(100000).kernel_name() in ("WeightOnlyDequantCublasKernel", "W4AFp8RowwiseFbgemmKernel")
 

@@ -8,7 +8,11 @@ load is 512 contiguous bytes and each warp streams one contiguous range; lanes d
 whose 16 rows are weight rows and whose 8 columns are the batch ("swap AB"); group scales of g128 and
 per-channel integers (and, for bf16 int4, the zero point) go on the fp32 accumulators. Warps of a block split
 K and reduce in shared memory; weights stream through a per-warp cp.async ring in shared memory. One launch
-covers M <= 16; the op handles any M in chunks of 16.
+covers M <= 16.
+
+Past 16 rows the same op runs a GEMM over the same tiles (csrc/weight_only_gemm.cuh): a block of 8 warps covers
+256 weight rows and stages each x tile (up to 64 rows) once in shared memory for all of them, K split over
+blocks with an in-kernel, fixed-order reduction. One prepared copy of the weights serves both.
 
 Needs: CUDA sm_80+, the quantops_cuda extension (built from csrc/ on first use; see cuda_ext.py).
 """

@@ -64,12 +64,14 @@ RANKING: dict[str, dict[str, list[str]]] = {
     # INT4 / INT8 weight-only (W4A16, W4A16_ASYM, W8A16)
     "wna16": {
         # H200 (`quantops bench`, eager, L2-cold, geo-mean over 8192x8192 + Llama-3-8B layers, ratio to bf16):
-        # CUDA GEMV M<=16 (W4A16 2.26x at M=1, 1.61x at 16; tinygemm 1.83x / 0.52x, kept as its fallback);
-        # FBGEMM bf16i4 0.8-0.9x for 17..2048 (int4 groups, bf16); where FBGEMM cannot run (W8A16, fp16,
-        # act-order) the GEMV in chunks of 16 rows up to 64 (W8A16 8192^2: 0.47x at 64 vs Triton 0.42x), then
-        # Triton; dequantize + cuBLAS 0.87-0.94x at M>=2048.
+        # the CUDA op up to M=32: its GEMV to 16 rows (W4A16 2.26x at M=1, 1.61x at 16; tinygemm 1.83x / 0.52x,
+        # kept as its fallback), its GEMM above (faster than FBGEMM bf16i4 at M=32 on all 5 layers, e.g.
+        # 8192^2 29.6 vs 33.9 us; at M=64 faster on the two big Llama layers only, 1.07x slower in geo-mean);
+        # FBGEMM bf16i4 0.8-1.0x for 33..2048 (int4 groups, bf16); where FBGEMM cannot run (W8A16, fp16,
+        # act-order) the CUDA op up to 64 (its GEMM: W8A16 8192^2 0.79x at 64, the GEMV in 16-row chunks was
+        # 0.47x, Triton 0.42x), then Triton; dequantize + cuBLAS 0.87-0.94x at M>=2048.
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=32",
             "tinygemm_int4:Int4TinygemmKernel@m<=1",
             "fbgemm_int4:Int4RowwiseFbgemmKernel@m<=2048",
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
@@ -85,11 +87,12 @@ RANKING: dict[str, dict[str, list[str]]] = {
             EMULATION,
         ],
     },
-    # W4AFP8: activations rounded to fp8 per token (plain torch) then the CUDA GEMV for decode, else FBGEMM's
-    # fp8 x int4 CUTLASS GEMM (0.7x of bf16 on H200 at every M); Triton / dequantize as fallbacks.
+    # W4AFP8: activations rounded to fp8 per token (plain torch) then the CUDA op up to M=64 (its GEMM runs the
+    # int4 weights at 0.93x of bf16 at 8192^2 M=64), else FBGEMM's fp8 x int4 CUTLASS GEMM (0.7x of bf16 on H200
+    # at every M); Triton / dequantize as fallbacks.
     "w4afp8": {
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "fbgemm_int4:W4AFp8RowwiseFbgemmKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
@@ -114,9 +117,9 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "nvfp4a16": {
-        # H200 (8192^2): CUDA GEMV up to M=64 (chunks of 16 rows: 0.38-0.50x at 64 against dequantize + cuBLAS's
-        # 0.34x); dequantize + cuBLAS above (0.9x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
-        # (0.07x), so it is only a fallback
+        # H200 (8192^2): the CUDA op up to M=64 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 / MXFP8A16 0.78 /
+        # 0.86 / 0.76x at 64, ~0.45x at 128 like dequantize + cuBLAS); dequantize + cuBLAS above (0.9x at 4096);
+        # the Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
@@ -138,9 +141,9 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "mxfp4a16": {
-        # H200 (8192^2): CUDA GEMV up to M=64 (chunks of 16 rows: 0.38-0.50x at 64 against dequantize + cuBLAS's
-        # 0.34x); dequantize + cuBLAS above (0.9x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
-        # (0.07x), so it is only a fallback
+        # H200 (8192^2): the CUDA op up to M=64 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 / MXFP8A16 0.78 /
+        # 0.86 / 0.76x at 64, ~0.45x at 128 like dequantize + cuBLAS); dequantize + cuBLAS above (0.9x at 4096);
+        # the Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
@@ -162,9 +165,9 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "mxfp8a16": {
-        # H200 (8192^2): CUDA GEMV up to M=64 (chunks of 16 rows: 0.38-0.50x at 64 against dequantize + cuBLAS's
-        # 0.34x); dequantize + cuBLAS above (0.9x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
-        # (0.07x), so it is only a fallback
+        # H200 (8192^2): the CUDA op up to M=64 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 / MXFP8A16 0.78 /
+        # 0.86 / 0.76x at 64, ~0.45x at 128 like dequantize + cuBLAS); dequantize + cuBLAS above (0.9x at 4096);
+        # the Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
