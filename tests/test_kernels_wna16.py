@@ -310,8 +310,9 @@ def test_cuda_ext_import_gives_reason_without_gpu():
 @pytest.mark.parametrize("name", ["W4A16", "W8A16", "W4AFP8", "NVFP4A16", "MXFP4A16", "MXFP8A16", "NVFP4", "MXFP8"])
 def test_selection_plan_on_hopper(name):
     sel = select_kernel(name, N=4096, K=4096, capability=(9, 0), libraries=["triton", "quantops_cuda", "fbgemm"])
-    # the CUDA op up to M=32 where FBGEMM's bf16 x int4 GEMM takes over, else up to 64 (ranking.py's numbers)
-    top = 32 if name == "W4A16" else 64
+    # the CUDA op up to M=32 where FBGEMM's bf16 x int4 GEMM takes over, 16 for W4AFP8 (FBGEMM's fp8 x int4),
+    # else up to 128 (ranking.py's numbers)
+    top = {"W4A16": 32, "W4AFP8": 16}.get(name, 128)
     assert (top, "WeightOnlyGemvCudaKernel") in [(m, cls.kernel_name()) for m, cls in sel.plan]
     assert sel.for_m(top + 1).kernel_name() != "WeightOnlyGemvCudaKernel"
     assert sel.for_m(8).kernel_name() == "WeightOnlyGemvCudaKernel"

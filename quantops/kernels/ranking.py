@@ -68,13 +68,14 @@ RANKING: dict[str, dict[str, list[str]]] = {
         # kept as its fallback), its GEMM above (faster than FBGEMM bf16i4 at M=32 on all 5 layers, e.g.
         # 8192^2 29.6 vs 33.9 us; at M=64 faster on the two big Llama layers only, 1.07x slower in geo-mean);
         # FBGEMM bf16i4 0.8-1.0x for 33..2048 (int4 groups, bf16); where FBGEMM cannot run (W8A16, fp16,
-        # act-order) the CUDA op up to 64 (its GEMM: W8A16 8192^2 0.79x at 64, the GEMV in 16-row chunks was
-        # 0.47x, Triton 0.42x), then Triton; dequantize + cuBLAS 0.87-0.94x at M>=2048.
+        # act-order) the CUDA op up to 128 (its GEMM: W8A16 8192^2 0.81x at 64 (the GEMV in 16-row chunks was
+        # 0.47x, Triton 0.42x), 0.47x at 128 vs dequantize + cuBLAS 0.43x), then dequantize + cuBLAS (0.90-0.94x at
+        # M>=2048).
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=32",
             "tinygemm_int4:Int4TinygemmKernel@m<=1",
             "fbgemm_int4:Int4RowwiseFbgemmKernel@m<=2048",
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
             "triton_wna16:WeightOnlyGemmTritonKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             EMULATION,
@@ -87,12 +88,12 @@ RANKING: dict[str, dict[str, list[str]]] = {
             EMULATION,
         ],
     },
-    # W4AFP8: activations rounded to fp8 per token (plain torch) then the CUDA op up to M=64 (its GEMM runs the
-    # int4 weights at 0.93x of bf16 at 8192^2 M=64), else FBGEMM's fp8 x int4 CUTLASS GEMM (0.7x of bf16 on H200
-    # at every M); Triton / dequantize as fallbacks.
+    # W4AFP8: activations rounded to fp8 per token (plain torch) then the CUDA op for decode (0.84x at M=16; at
+    # 32 it ties FBGEMM, 0.70 vs 0.69x, at 64 it loses, 0.57 vs 0.75x: the separate rounding kernels count),
+    # else FBGEMM's fp8 x int4 CUTLASS GEMM (0.7x of bf16 on H200 at every M); Triton / dequantize as fallbacks.
     "w4afp8": {
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
             "fbgemm_int4:W4AFp8RowwiseFbgemmKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
@@ -109,7 +110,7 @@ RANKING: dict[str, dict[str, list[str]]] = {
             "flashinfer_nvfp4:FlashInferCudnnNvfp4Kernel",
             "fbgemm_nvfp4:FbgemmNvfp4Kernel",
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
@@ -117,11 +118,12 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "nvfp4a16": {
-        # H200 (8192^2): the CUDA op up to M=64 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 / MXFP8A16 0.78 /
-        # 0.86 / 0.76x at 64, ~0.45x at 128 like dequantize + cuBLAS); dequantize + cuBLAS above (0.9x at 4096);
-        # the Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
+        # H200 (8192^2, `quantops bench`): the CUDA op up to M=128 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 /
+        # MXFP8A16 0.80 / 0.87 / 0.75x at 64, 0.47 / 0.53 / 0.45x at 128 vs dequantize + cuBLAS 0.35x); dequantize
+        # + cuBLAS above (0.54x at 512, 0.88-0.96x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
+        # (0.07x), so it is only a fallback
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
@@ -133,7 +135,7 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cuda": [
             "flashinfer_mxfp4:FlashInferCuteDslMxfp4Kernel",
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
@@ -141,11 +143,12 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "mxfp4a16": {
-        # H200 (8192^2): the CUDA op up to M=64 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 / MXFP8A16 0.78 /
-        # 0.86 / 0.76x at 64, ~0.45x at 128 like dequantize + cuBLAS); dequantize + cuBLAS above (0.9x at 4096);
-        # the Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
+        # H200 (8192^2, `quantops bench`): the CUDA op up to M=128 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 /
+        # MXFP8A16 0.80 / 0.87 / 0.75x at 64, 0.47 / 0.53 / 0.45x at 128 vs dequantize + cuBLAS 0.35x); dequantize
+        # + cuBLAS above (0.54x at 512, 0.88-0.96x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
+        # (0.07x), so it is only a fallback
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
@@ -157,7 +160,7 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cuda": [
             "flashinfer_mxfp8:FlashInferCutlassMxfp8Kernel",
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
@@ -165,11 +168,12 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "mxfp8a16": {
-        # H200 (8192^2): the CUDA op up to M=64 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 / MXFP8A16 0.78 /
-        # 0.86 / 0.76x at 64, ~0.45x at 128 like dequantize + cuBLAS); dequantize + cuBLAS above (0.9x at 4096);
-        # the Triton GEMM's e2m1/e4m3 decode is slow there (0.07x), so it is only a fallback
+        # H200 (8192^2, `quantops bench`): the CUDA op up to M=128 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 /
+        # MXFP8A16 0.80 / 0.87 / 0.75x at 64, 0.47 / 0.53 / 0.45x at 128 vs dequantize + cuBLAS 0.35x); dequantize
+        # + cuBLAS above (0.54x at 512, 0.88-0.96x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
+        # (0.07x), so it is only a fallback
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
