@@ -86,6 +86,7 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
                     zeros->sizes() == scales.sizes(),
                 "weight_only_gemv: zeros must be uint8 like scales");
   }
+  TORCH_CHECK(path >= -1 && path <= 1, "weight_only_gemv: path must be -1 (choose), 0 (GEMV) or 1 (GEMM), got ", path);
   const int64_t m = x.size(0);
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0) return out;

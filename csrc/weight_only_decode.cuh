@@ -288,4 +288,30 @@ __device__ __forceinline__ float decode_scale(uint32_t code, float global) {
   }
 }
 
+// A lane's scale (and zero-point) codes of one 16-row band: rows g and g+8, read for the chunk of VPC columns that
+// starts at `col` (SPC scales per chunk). The GEMV and the GEMM load them the same way.
+template <int SK, int SPC, int VPC, bool HAS_ZP>
+struct BandScales {
+  const uint8_t* srow[2];
+  const uint8_t* zrow[2];
+
+  __device__ __forceinline__ void init(const uint8_t* scales, const uint8_t* zeros, int band, int g, int G) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const size_t row = size_t(band * 16 + 8 * r + g) * G;
+      srow[r] = scales + row * (SK == kScaleT ? 2 : 1);
+      zrow[r] = zeros + row;
+    }
+  }
+
+  __device__ __forceinline__ void load(int col, int group_shift, uint32_t (&sv)[2][SPC], uint32_t (&zv)[2]) const {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+#pragma unroll
+      for (int i = 0; i < SPC; ++i) sv[r][i] = load_scale_code<SK>(srow[r], (col + i * (VPC / SPC)) >> group_shift);
+      if constexpr (HAS_ZP) zv[r] = __ldg(zrow[r] + (col >> group_shift));
+    }
+  }
+};
+
 }  // namespace quantops

@@ -22,10 +22,6 @@
 
 namespace quantops {
 
-constexpr int kGemmWarps = 8;   // warps per block
-constexpr int kGemmBands = 2;   // 16-row bands per warp
-constexpr int kGemmStages = 4;  // tiles in flight per block
-
 __device__ __forceinline__ void copy_async16_zfill(void* smem, const void* gmem, bool valid) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled (rows past M, columns past K)
@@ -54,7 +50,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
   constexpr int STAGE = XUNITS + kGemmWarps * NT * 64;  // one stage: the x tile, then every warp's weights
   constexpr int THREADS = kGemmWarps * 32;
   constexpr int S = kGemmStages;
-  constexpr int ROWS = kGemmWarps * NT * 16;  // weight rows per block
+  constexpr int ROWS = kGemmRows;  // weight rows per block
   static_assert(!POST || Traits::kIsInt, "accumulator scaling is for integer weights");
 
   const int lane = threadIdx.x & 31;
@@ -67,40 +63,28 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
   const int first = split * per;
   const int count = max(0, min(tiles_k, first + per) - first);
   const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
-  constexpr int SBYTES = SK == kScaleT ? 2 : 1;
 
   int band[NT];
   bool valid[NT];
   const uint4* wrow[NT];
-  const uint8_t* srow[NT][2];
-  const uint8_t* zrow[NT][2];
+  BandScales<SK, SPC, VPC, HAS_ZP> bs[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
     band[t] = (blockIdx.x * kGemmWarps + warp) * NT + t;
     valid[t] = band[t] < n_bands;
     const int b = valid[t] ? band[t] : 0;
     wrow[t] = w + ((size_t)b * tiles_k + first) * 64 + lane;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const size_t row = size_t(b * 16 + 8 * r + g) * G;
-      srow[t][r] = scales + row * SBYTES;
-      zrow[t][r] = zeros + row;
-    }
+    bs[t].init(scales, zeros, b, g, G);
   }
 
   extern __shared__ uint4 smem[];
   uint32_t sb[S][NT][2][SPC];
   uint32_t zb[S][NT][2];
   // tile j of this block into stage `slot`: x by every thread, weights (and scale codes, into registers) per warp
-  // Blocks start their K range at different tiles: in step, every block would read the same offset of every
-  // band (bands are 64 KiB apart at K = 8192), and HBM serves such a stride from few channels (measured: 1 block
-  // per row block 60 us, 4 K ranges 24.5 us at 8192x8192 M=8).
-  const int rot = count > 0 ? int((long long)blockIdx.x * count / gridDim.x) : 0;
   auto issue = [&](int j, int slot, uint32_t (&sv)[NT][2][SPC], uint32_t (&zv)[NT][2]) {
     if (j < count) {
       uint4* base = smem + slot * STAGE;
-      const int jr = j + rot < count ? j + rot : j + rot - count;  // tile first + jr of the K range
-      const int col0 = (first + jr) * KB;
+      const int col0 = (first + j) * KB;
 #pragma unroll
       for (int i = 0; i < (XUNITS + THREADS - 1) / THREADS; ++i) {
         const int u = threadIdx.x + i * THREADS;
@@ -116,16 +100,9 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         if (valid[t]) {
-          copy_async16(dst + t * 64, wrow[t] + jr * 64);
-          copy_async16(dst + t * 64 + 32, wrow[t] + jr * 64 + 32);
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-#pragma unroll
-            for (int i = 0; i < SPC; ++i) {
-              sv[t][r][i] = load_scale_code<SK>(srow[t][r], (col + i * (VPC / SPC)) >> group_shift);
-            }
-            if constexpr (HAS_ZP) zv[t][r] = __ldg(zrow[t][r] + (col >> group_shift));
-          }
+          copy_async16(dst + t * 64, wrow[t] + j * 64);
+          copy_async16(dst + t * 64 + 32, wrow[t] + j * 64 + 32);
+          bs[t].load(col, group_shift, sv[t], zv[t]);
         }
       }
     }
@@ -221,33 +198,27 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
   }
   copy_async_wait<0>();
 
-  // c[0..1]: weight row g, c[2..3]: row g+8; columns: x rows h*8 + 2*tig, +1
+  // c[0..1]: weight row g, c[2..3]: row g+8; columns: x rows h*8 + 2*tig, +1 of the chunk
   const int n_pad = n_bands * 16;
-  if (splits == 1) {
+  auto each_output = [&](auto&& f) {  // f(valid band, weight row n, chunk row m, value)
 #pragma unroll
     for (int t = 0; t < NT; ++t)
 #pragma unroll
       for (int h = 0; h < MH; ++h)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int n = band[t] * 16 + g + (r >= 2 ? 8 : 0);
-          const int m = m0 + h * 8 + 2 * tig + (r & 1);
-          if (m < M && n < N) out[(size_t)m * N + n] = from_float<T>(acc[t][h][r]);
-        }
+        for (int r = 0; r < 4; ++r) f(valid[t], band[t] * 16 + g + (r >= 2 ? 8 : 0), h * 8 + 2 * tig + (r & 1), acc[t][h][r]);
+  };
+  if (splits == 1) {
+    each_output([&](bool, int n, int m, float v) {
+      if (m0 + m < M && n < N) out[(size_t)(m0 + m) * N + n] = from_float<T>(v);
+    });
     return;
   }
   // partial sums: [chunk][split][MT][n_pad] fp32
   float* mine = partial + ((size_t)blockIdx.z * splits + split) * MT * n_pad;
-#pragma unroll
-  for (int t = 0; t < NT; ++t)
-#pragma unroll
-    for (int h = 0; h < MH; ++h)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int n = band[t] * 16 + g + (r >= 2 ? 8 : 0);
-        const int m = h * 8 + 2 * tig + (r & 1);
-        if (valid[t] && m0 + m < M) mine[(size_t)m * n_pad + n] = acc[t][h][r];
-      }
+  each_output([&](bool ok, int n, int m, float v) {
+    if (ok && m0 + m < M) mine[(size_t)m * n_pad + n] = v;
+  });
   __threadfence();  // the partial sums are visible device-wide before this block is counted
   __syncthreads();
   __shared__ int last;
@@ -291,10 +262,10 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
 
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int MH>
 cudaError_t launch_gemm_typed(const GemvArgs& a, const GemmPlan& p, cudaStream_t stream) {
-  constexpr int UPR = FormatTraits<FMT>::kBlockK * int(sizeof(T)) / 16;
-  constexpr size_t smem = size_t(kGemmStages) * (8 * MH * UPR + kGemmWarps * kGemmBands * 64) * 16;
-  static_assert(kGemmStages == 4 && kGemmWarps == 8 && kGemmBands == 2, "gemm_smem_bytes (the .h) assumes these");
-  if (smem != gemm_smem_bytes(a, p)) return cudaErrorInvalidValue;
+  static_assert(gemm_x_units_per_row(FMT) * 16 == FormatTraits<FMT>::kBlockK * int(sizeof(T)),
+                "gemm_smem_bytes sizes x tiles of tile_k 16-bit values");
+  if (p.mt != 8 * MH) return cudaErrorInvalidValue;
+  const size_t smem = gemm_smem_bytes(a, p);
   const size_t limit = a.max_smem > 0 ? size_t(a.max_smem) : 48 * 1024;
   if (smem > limit) return cudaErrorInvalidValue;  // the caller falls back to the GEMV
   if (p.splits > 1 && (a.partial == nullptr || a.arrivals == nullptr)) return cudaErrorInvalidValue;

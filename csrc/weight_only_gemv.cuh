@@ -67,18 +67,11 @@ __global__ void __launch_bounds__(256, 2) weight_only_gemv_kernel(const T* __res
   const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
   // this lane's chunk of row g in tile `first` of each band (row g+8 is 32 chunks further)
   const uint4* wrow[NT];
-  const uint8_t* srow[NT][2];
-  const uint8_t* zrow[NT][2];
-  constexpr int SBYTES = SK == kScaleT ? 2 : 1;
+  BandScales<SK, SPC, VPC, HAS_ZP> bs[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
     wrow[t] = w + ((size_t)(band0 + t) * tiles_k + first) * 64 + lane;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const size_t row = size_t((band0 + t) * 16 + 8 * r + g) * G;
-      srow[t][r] = scales + row * SBYTES;
-      zrow[t][r] = zeros + row;
-    }
+    bs[t].init(scales, zeros, band0 + t, g, G);
   }
 
   // the ring: tile j of this warp sits in slot j % D (weights in shared memory, scales and zeros in registers)
@@ -95,14 +88,7 @@ __global__ void __launch_bounds__(256, 2) weight_only_gemv_kernel(const T* __res
         uint4* dst = ring + (slot * NT + t) * 64;
         copy_async16(dst, wrow[t] + j * 64);
         copy_async16(dst + 32, wrow[t] + j * 64 + 32);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-#pragma unroll
-          for (int i = 0; i < SPC; ++i) {
-            sv[t][r][i] = load_scale_code<SK>(srow[t][r], (col + i * (VPC / SPC)) >> group_shift);
-          }
-          if constexpr (HAS_ZP) zv[t][r] = __ldg(zrow[t][r] + (col >> group_shift));
-        }
+        bs[t].load(col, group_shift, sv[t], zv[t]);
       }
     }
     copy_async_commit();

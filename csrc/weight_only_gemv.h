@@ -31,14 +31,20 @@ struct GemvArgs {
   int* arrivals = nullptr;   // GEMM with split K: int32 [chunks * blocks_n], zero before the launch
 };
 
-// How the GEMM covers a launch (weight_only_gemm.cuh): chunks of mt rows of x, row blocks of 256 weight rows,
-// K split over `splits` blocks (about one block per SM; at least two K tiles each unless forced by ksplit).
+// The GEMM's block (weight_only_gemm.cuh): 8 warps of two 16-row bands each (256 weight rows), 4 K tiles in flight.
+constexpr int kGemmWarps = 8;
+constexpr int kGemmBands = 2;
+constexpr int kGemmStages = 4;
+constexpr int kGemmRows = kGemmWarps * kGemmBands * 16;
+
+// How the GEMM covers a launch: chunks of mt rows of x, row blocks of kGemmRows weight rows, K split over `splits`
+// blocks (about one block per SM; at least two K tiles each unless forced by ksplit).
 struct GemmPlan {
   int mt, chunks, blocks_n, splits;
 };
 
 inline GemmPlan plan_weight_only_gemm(const GemvArgs& a) {
-  constexpr int kRowsPerBlock = 256;
+  constexpr int kRowsPerBlock = kGemmRows;
   GemmPlan p;
   p.mt = a.M <= 16 ? 16 : a.M <= 32 ? 32 : 64;
   p.chunks = (a.M + p.mt - 1) / p.mt;
@@ -55,11 +61,12 @@ inline GemmPlan plan_weight_only_gemm(const GemvArgs& a) {
   return p;
 }
 
-// Shared memory of one GEMM block: 4 stages of (x tile [mt, tile_k] in 16-bit + 8 warps x 2 bands x 1024 bytes).
+// 16-byte units of one 16-bit x row across a K tile (tile_k = 512 / bits columns): 16 for 4-bit, 8 for 8-bit.
+inline constexpr int gemm_x_units_per_row(int fmt) { return (fmt == kInt4 || fmt == kFp4) ? 16 : 8; }
+
+// Shared memory of one GEMM block: kGemmStages stages of (x tile [mt, tile_k] + every warp's 1024-byte band tiles).
 inline size_t gemm_smem_bytes(const GemvArgs& a, const GemmPlan& p) {
-  const int bits = (a.fmt == kInt4 || a.fmt == kFp4) ? 4 : 8;
-  const int units_per_row = 4 * 128 / bits * 2 / 16;
-  return size_t(4) * (p.mt * units_per_row + 8 * 2 * 64) * 16;
+  return size_t(kGemmStages) * (p.mt * gemm_x_units_per_row(a.fmt) + kGemmWarps * kGemmBands * 64) * 16;
 }
 
 // Launch for M <= kMaxRows (GEMV) or any M (GEMM). Returns cudaSuccess or the launch error; unsupported
