@@ -1,13 +1,16 @@
 // Standalone probe of csrc/'s weight-only GEMV (no torch): correctness of int4 against a host reference, then
-// time per launch for ring depths and K splits, next to cuBLAS bf16 and the device-to-device copy bandwidth,
-// all in one process on one GPU.
+// time per launch of the library's dispatch and of launch variants (bands per warp, ring depth, blocks per SM),
+// next to cuBLAS bf16 and two floors measured in the same process on the same GPU: `stream_only` (the GEMV's
+// blocks, warps and cp.async ring with the arithmetic removed) and `read_floor` (a plain streaming read of the
+// same bytes).
 //
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icsrc benchmarks/gemv_probe.cu \
 //        csrc/weight_only_gemv_int.cu -lcublas -o probe
-//   ./probe > probe.csv
+//   ./probe > probe.csv                  # PROBE_ONE=n,k,m ./probe: three launches only, for ncu
 //
-// Timing: CUDA graphs of 20 launches over weight copies rotated so that no launch finds its weights in L2
-// (>= 256 MiB in all), replayed 20 times; time per launch = total / launches. Bytes = packed weights + scales.
+// Timing: CUDA graphs of 20 launches over weight copies (random bytes) rotated so that no launch finds its
+// weights in L2 (>= 256 MiB in all), replayed 20 times; time per launch = total / launches. Bytes = packed
+// weights + scales.
 #ifndef NO_CUBLAS  // syntax checks on a machine without cuBLAS
 #include <cublas_v2.h>
 #endif
@@ -66,37 +69,106 @@ struct Layer {
   size_t wbytes = 0, sbytes = 0;
 };
 
-// variants: launch shapes of the int4 bf16 symmetric kernel (bands per warp NT, ring depth D)
+// variants: launch shapes of the int4 bf16 symmetric kernel (bands per warp NT, ring depth D, blocks per SM the
+// registers must allow MINB)
 struct Variant {
-  int nt, depth;
+  int nt, depth, minb;
 };
-static const Variant kVariants[] = {{1, 4}, {2, 2}, {1, 8}, {2, 4}, {2, 6}};
+static const Variant kVariants[] = {{2, 2, 2}, {1, 2, 3}, {1, 4, 2}, {2, 4, 2}, {4, 2, 1}};
+constexpr int kNumVariants = sizeof(kVariants) / sizeof(kVariants[0]);
 
-template <bool POST, int NT, int MH, int D>
+template <bool POST, int NT, int MH, int D, int MINB>
 static cudaError_t launch_int4(const GemvArgs& a, cudaStream_t s) {
-  return launch_typed<__nv_bfloat16, kInt4, 1, kScaleT, false, POST, NT, MH, D>(a, s);
+  return launch_typed<__nv_bfloat16, kInt4, 1, kScaleT, false, POST, NT, MH, D, MINB>(a, s);
 }
 
-template <int NT, int D>
+template <int NT, int D, int MINB>
 static cudaError_t launch_nd(const GemvArgs& a, cudaStream_t s) {
   const bool post = a.G == 1 || a.group_size % 128 == 0;
-  if (a.M <= 8) return post ? launch_int4<true, NT, 1, D>(a, s) : launch_int4<false, NT, 1, D>(a, s);
-  return post ? launch_int4<true, NT, 2, D>(a, s) : launch_int4<false, NT, 2, D>(a, s);
+  if (a.M <= 8) return post ? launch_int4<true, NT, 1, D, MINB>(a, s) : launch_int4<false, NT, 1, D, MINB>(a, s);
+  return post ? launch_int4<true, NT, 2, D, MINB>(a, s) : launch_int4<false, NT, 2, D, MINB>(a, s);
 }
 
 static cudaError_t launch_variant(int v, const GemvArgs& a, cudaStream_t s) {
   switch (v) {
     case 0:
-      return launch_nd<1, 4>(a, s);
+      return launch_nd<2, 2, 2>(a, s);
     case 1:
-      return launch_nd<2, 2>(a, s);
+      return launch_nd<1, 2, 3>(a, s);
     case 2:
-      return launch_nd<1, 8>(a, s);
+      return launch_nd<1, 4, 2>(a, s);
     case 3:
-      return launch_nd<2, 4>(a, s);
+      return launch_nd<2, 4, 2>(a, s);
     default:
-      return launch_nd<2, 6>(a, s);
+      return launch_nd<4, 2, 1>(a, s);
   }
+}
+
+// The GEMV's memory traffic alone: the same blocks, warps, K split and cp.async ring, with the dequantization and
+// MMAs replaced by an XOR of what landed. Its time is what the access pattern allows.
+template <int NT, int D>
+__global__ void __launch_bounds__(256, 2) stream_only_kernel(const uint4* __restrict__ w, uint32_t* sink, int tiles_k) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int per_warp = (tiles_k + warps - 1) / warps, first = warp * per_warp;
+  const int count = max(0, min(tiles_k, first + per_warp) - first);
+  extern __shared__ uint4 smem[];
+  uint4* ring = smem + size_t(warp) * D * NT * 64 + lane;
+  const uint4* wrow = w + ((size_t)blockIdx.x * NT * tiles_k + first) * 64 + lane;
+  auto issue = [&](int j, int slot) {
+    if (j < count)
+      for (int t = 0; t < NT; ++t) {
+        copy_async16(ring + (slot * NT + t) * 64, wrow + (size_t(t) * tiles_k + j) * 64);
+        copy_async16(ring + (slot * NT + t) * 64 + 32, wrow + (size_t(t) * tiles_k + j) * 64 + 32);
+      }
+    copy_async_commit();
+  };
+  for (int d = 0; d < D; ++d) issue(d, d);
+  uint32_t acc = 0;
+  for (int j0 = 0; j0 < count; j0 += D)
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      if (j0 + d >= count) break;
+      copy_async_wait<D - 1>();
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const uint4 v = ring[(d * NT + t) * 64 + 32 * r];
+          acc ^= v.x ^ v.y ^ v.z ^ v.w;
+        }
+      issue(j0 + d + D, d);
+    }
+  if (acc == 0x9E3779B9u) sink[blockIdx.x] = acc;  // keeps the loads; practically never stores
+}
+
+template <int NT, int D>
+static cudaError_t launch_stream_only(const GemvArgs& a, uint32_t* sink, cudaStream_t s) {
+  const int warps = choose_warps(a, NT);
+  const size_t smem = size_t(warps) * D * NT * 1024;
+  auto kernel = stream_only_kernel<NT, D>;
+  if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  kernel<<<a.n_pad / (16 * NT), 32 * warps, smem, s>>>(static_cast<const uint4*>(a.w), sink, a.tiles_k);
+  return cudaGetLastError();
+}
+
+// Plain streaming read of `bytes` (16-byte loads, 4 in flight per thread, 4 blocks of 256 per SM): the floor of a
+// kernel that reads this much once.
+__global__ void __launch_bounds__(256) read_floor_kernel(const uint4* __restrict__ p, size_t n16, uint32_t* sink) {
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  uint32_t acc = 0;
+  size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (; i + 3 * stride < n16; i += 4 * stride) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = __ldcs(p + i + u * stride);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  for (; i < n16; i += stride) {
+    const uint4 v = __ldcs(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9E3779B9u) sink[blockIdx.x] = acc;
 }
 
 static bool check_int4(int n, int k, int m, int gs, bool zp, int num_sms, int max_smem) {
@@ -135,9 +207,9 @@ static bool check_int4(int n, int k, int m, int gs, bool zp, int num_sms, int ma
     }
   bool ok = true;
   for (int ks : {0, 1, 3, 8})
-    for (int v = -1; v < 5; ++v) {  // -1: the library's dispatch, else a probe variant
+    for (int v = -1; v < kNumVariants; ++v) {  // -1: the library's dispatch, else a probe variant
       // the variants are symmetric-only, and two bands per warp need an even band count
-      if (v >= 0 && (zp || (kVariants[v].nt == 2 && (n_pad / 16) % 2))) continue;
+      if (v >= 0 && (zp || (n_pad / 16) % kVariants[v].nt)) continue;
       GemvArgs a{};
       a.x = dx, a.w = dw, a.scales = ds, a.zeros = zp ? static_cast<uint8_t*>(dz) : nullptr, a.out = dout;
       a.M = m, a.N = n, a.K = k, a.n_pad = n_pad, a.tiles_k = k_pad / 128, a.G = G;
@@ -247,8 +319,10 @@ int main() {
   cublasHandle_t handle;
   cublasCreate(&handle);
 #endif
-  printf("kind,n,k,m,gs,nt,depth,ksplit,us,bf16_us,speedup,TBps\n");
-  const int shapes[][2] = {{8192, 8192}, {6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {1024, 4096}};
+  printf("kind,n,k,m,gs,nt,depth,minb,ksplit,us,bf16_us,speedup,TBps\n");
+  uint32_t* sink;
+  CHECK(cudaMalloc(&sink, 1 << 20));
+  const int shapes[][2] = {{8192, 8192}, {6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
   for (auto& sh : shapes) {
     const int n = sh[0], k = sh[1];
     const size_t wbytes = size_t(n) * k / 2, bfbytes = size_t(n) * k * 2;
@@ -256,9 +330,12 @@ int main() {
     const int bcopies = int(std::max<size_t>(2, std::min<size_t>(16, (size_t(256) << 20) / bfbytes + 1)));
     std::vector<void*> ws(copies), ss(copies), bw(bcopies);
     const int G = k / 128;
-    for (int c = 0; c < copies; ++c) {
+    std::mt19937 rng(n + k);
+    std::vector<uint32_t> host(wbytes / 4);
+    for (auto& h : host) h = rng();
+    for (int c = 0; c < copies; ++c) {  // random codes: timing never runs on constant data
       CHECK(cudaMalloc(&ws[c], wbytes));
-      CHECK(cudaMemset(ws[c], 0x5A, wbytes));
+      CHECK(cudaMemcpy(ws[c], host.data(), wbytes, cudaMemcpyHostToDevice));
       CHECK(cudaMalloc(&ss[c], size_t(n) * G * 2));
       CHECK(cudaMemset(ss[c], 0x3C, size_t(n) * G * 2));
     }
@@ -270,7 +347,19 @@ int main() {
     CHECK(cudaMalloc(&x, size_t(64) * k * 2));
     CHECK(cudaMemset(x, 0x3C, size_t(64) * k * 2));
     CHECK(cudaMalloc(&out, size_t(64) * n * 4));
-    for (int m : {1, 4, 8, 16}) {
+    auto args = [&](int c, int m, int ks) {
+      GemvArgs a{};
+      a.x = x, a.w = ws[c], a.scales = ss[c], a.out = out;
+      a.M = m, a.N = n, a.K = k, a.n_pad = n, a.tiles_k = k / 128, a.G = G, a.group_shift = 7;
+      a.group_size = 128, a.fmt = kInt4, a.bf16 = true, a.ksplit = ks, a.num_sms = sms, a.max_smem = max_smem;
+      return a;
+    };
+    const double wsbytes = double(wbytes + size_t(n) * G * 2);
+    auto row = [&](const char* kind, int m, int nt, int depth, int minb, int ks, double us, double bf_us) {
+      printf("%s,%d,%d,%d,128,%d,%d,%d,%d,%.2f,%.2f,%.2f,%.3f\n", kind, n, k, m, nt, depth, minb, ks, us, bf_us,
+             bf_us / us, wsbytes / us / 1e6);
+    };
+    for (int m : {1, 16}) {
       auto bf = [&](int c, cudaStream_t s) {
 #ifndef NO_CUBLAS
         const float one = 1.f, zero = 0.f;
@@ -282,20 +371,25 @@ int main() {
         return cudaGetLastError();
       };
       const double bf_us = graph_us(bf, bcopies);
-      for (int v = 0; v < 5; ++v)
-        for (int ks : {0, 2, 4, 8}) {
-          auto q = [&](int c, cudaStream_t s) {
-            GemvArgs a{};
-            a.x = x, a.w = ws[c], a.scales = ss[c], a.out = out;
-            a.M = m, a.N = n, a.K = k, a.n_pad = n, a.tiles_k = k / 128, a.G = G, a.group_shift = 7;
-            a.group_size = 128, a.fmt = kInt4, a.bf16 = true, a.ksplit = ks, a.num_sms = sms, a.max_smem = max_smem;
-            return launch_variant(v, a, s);
-          };
-          const double us = graph_us(q, copies);
-          printf("int4_g128,%d,%d,%d,128,%d,%d,%d,%.2f,%.2f,%.2f,%.3f\n", n, k, m, kVariants[v].nt, kVariants[v].depth, ks,
-                 us, bf_us, bf_us / us,
-                 (wbytes + size_t(n) * G * 2) / us / 1e6);
+      row("dispatch", m, 0, 0, 0, 0, graph_us([&](int c, cudaStream_t s) { return launch_weight_only_gemv_int(args(c, m, 0), s); }, copies), bf_us);
+      for (int v = 0; v < kNumVariants; ++v)
+        for (int ks : {0}) {
+          const double us = graph_us([&](int c, cudaStream_t s) { return launch_variant(v, args(c, m, ks), s); }, copies);
+          row("int4_g128", m, kVariants[v].nt, kVariants[v].depth, kVariants[v].minb, ks, us, bf_us);
         }
+      if (m != 1) continue;
+      for (int ks : {0, 8}) {
+        row("stream_only", m, 2, 2, 2, ks, graph_us([&](int c, cudaStream_t s) { return launch_stream_only<2, 2>(args(c, m, ks), sink, s); }, copies), bf_us);
+        row("stream_only", m, 1, 4, 2, ks, graph_us([&](int c, cudaStream_t s) { return launch_stream_only<1, 4>(args(c, m, ks), sink, s); }, copies), bf_us);
+        row("stream_only", m, 2, 4, 2, ks, graph_us([&](int c, cudaStream_t s) { return launch_stream_only<2, 4>(args(c, m, ks), sink, s); }, copies), bf_us);
+      }
+      for (int per_sm : {2, 4, 8}) {
+        const double us = graph_us([&](int c, cudaStream_t s) {
+          read_floor_kernel<<<sms * per_sm, 256, 0, s>>>(static_cast<const uint4*>(ws[c]), wbytes / 16, sink);
+          return cudaGetLastError();
+        }, copies);
+        row("read_floor", m, 0, 0, per_sm, 0, us, bf_us);
+      }
     }
     for (auto p : ws) cudaFree(p);
     for (auto p : ss) cudaFree(p);

@@ -22,12 +22,6 @@
 
 namespace quantops {
 
-__device__ __forceinline__ void copy_async16_zfill(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled (rows past M, columns past K)
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(bytes) : "memory");
-}
-
 // Place of 16-byte unit u of x row r inside its row: lanes (g, t) read units 4t..4t+3 (2t, 2t+1 for 8-bit) of
 // row g; t and t+2 would share banks (64 bytes apart), as would rows g and g+1 (a row is 128 or 256 bytes).
 __device__ __forceinline__ int x_unit(int u, int r) { return u ^ (((u >> 3) & 1) << 1) ^ (r & 1); }

@@ -36,9 +36,9 @@ namespace quantops {
 
 // NT: 16-row bands per warp (x is loaded once for all of them); MH: 8-row halves of x (M <= 8 * MH); SPC:
 // scales per 16-byte chunk (2 for NVFP4's blocks of 16); POST: scales applied to the accumulators once per tile;
-// D: tiles of loads in flight per band and warp.
-template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int NT, int MH, int D>
-__global__ void __launch_bounds__(256, 2) weight_only_gemv_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
+// D: tiles of loads in flight per band and warp; MINB: blocks per SM the registers must allow.
+template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int NT, int MH, int D, int MINB = 2>
+__global__ void __launch_bounds__(256, MINB) weight_only_gemv_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
                                                                const uint8_t* __restrict__ scales,
                                                                const uint8_t* __restrict__ zeros,
                                                                const float* __restrict__ alpha, T* __restrict__ out,
@@ -122,7 +122,8 @@ __global__ void __launch_bounds__(256, 2) weight_only_gemv_kernel(const T* __res
     }
   };
   // x one tile ahead at M <= 8; at M <= 16 that would double 32 registers (fewer blocks per SM), so x loads
-  // at the start of its own tile there
+  // at the start of its own tile there (measured on an H100, 8192x8192 M=16: an L1 prefetch one tile ahead, 20.9
+  // vs 20.0 us, and x through the cp.async ring, 50 us -- L2-bound: x is re-read per pair of bands -- were slower)
   constexpr bool XAHEAD = MH == 1;
   uint32_t xn[MH][PAIRS];
   if constexpr (XAHEAD) load_xh(0, 0, xn[0]);
@@ -268,7 +269,7 @@ inline int choose_warps(const GemvArgs& a, int nt) {
   return s;
 }
 
-template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int NT, int MH, int D>
+template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int NT, int MH, int D, int MINB = 2>
 cudaError_t launch_typed(const GemvArgs& a, cudaStream_t stream) {
   auto smem_for = [](int warps) {
     const size_t ring = size_t(warps) * D * NT * 1024;
@@ -280,7 +281,7 @@ cudaError_t launch_typed(const GemvArgs& a, cudaStream_t stream) {
   while (warps > 1 && smem_for(warps) > limit) warps /= 2;  // fewer warps in a block rather than no launch
   const size_t smem = smem_for(warps);
   if (smem > limit) return cudaErrorInvalidValue;
-  auto kernel = weight_only_gemv_kernel<T, FMT, SPC, SK, HAS_ZP, POST, NT, MH, D>;
+  auto kernel = weight_only_gemv_kernel<T, FMT, SPC, SK, HAS_ZP, POST, NT, MH, D, MINB>;
   if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in (per device, not per stream)
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
@@ -291,14 +292,19 @@ cudaError_t launch_typed(const GemvArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// Two bands per warp where the band count is even (x loaded once per two tiles), else one: a ring of two
-// tiles of two bands or four of one, the same bytes in flight per warp.
+// Two bands per warp where the band count is even (x loaded once per two tiles), else one: at M <= 16 a ring of
+// two tiles of two bands or four of one, the same bytes in flight per warp.
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST>
 cudaError_t launch_mh(const GemvArgs& a, cudaStream_t stream) {
-  const bool two = (a.n_pad / 16) % 2 == 0;
+  const int bands = a.n_pad / 16;
+  const bool two = bands % 2 == 0;
   if (a.M <= 8) {
-    return two ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 1, 2>(a, stream)
-               : launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 1, 1, 4>(a, stream);
+    // one band per warp where two would leave under 1.5 blocks per SM (N <= 6144 on 132 SMs): twice the blocks,
+    // three per SM (H100, M=1: 4096x14336 14.0 vs 15.1 us, 6144x4096 7.7 vs 8.2; 8192x8192 18.0 vs 14.8 the
+    // other way)
+    const int sms = a.num_sms > 0 ? a.num_sms : 132;
+    return two && bands > 3 * sms ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 1, 2>(a, stream)
+                                  : launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 1, 1, 2, 3>(a, stream);
   }
   if (a.M > kMaxRows) return cudaErrorInvalidValue;
   return two ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 2, 2>(a, stream)
