@@ -299,12 +299,13 @@ cudaError_t launch_mh(const GemvArgs& a, cudaStream_t stream) {
   const int bands = a.n_pad / 16;
   const bool two = bands % 2 == 0;
   if (a.M <= 8) {
-    // one band per warp where two would leave under 1.5 blocks per SM (N <= 6144 on 132 SMs): twice the blocks,
-    // three per SM (H100, M=1: 4096x14336 14.0 vs 15.1 us, 6144x4096 7.7 vs 8.2; 8192x8192 18.0 vs 14.8 the
-    // other way)
+    // M = 1: one band per warp where two would leave under 1.5 blocks per SM (N <= 6144 on 132 SMs): twice the
+    // blocks, three per SM (M=1, 6144x4096: H100 7.8 vs 8.3 us, H200 7.8 vs 8.2; 4096x14336: H100 14.1 vs 15.2,
+    // H200 14.4 vs 14.8; 8192x8192 is slower that way). At M = 8 x re-read per band costs more than that gains
+    // (H200 4096x4096 7.8 vs 7.3 us), so two bands there.
     const int sms = a.num_sms > 0 ? a.num_sms : 132;
-    return two && bands > 3 * sms ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 1, 2>(a, stream)
-                                  : launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 1, 1, 2, 3>(a, stream);
+    return two && (a.M > 1 || bands > 3 * sms) ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 1, 2>(a, stream)
+                                               : launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 1, 1, 2, 3>(a, stream);
   }
   if (a.M > kMaxRows) return cudaErrorInvalidValue;
   return two ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 2, 2>(a, stream)
