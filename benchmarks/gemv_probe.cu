@@ -372,11 +372,10 @@ int main() {
       };
       const double bf_us = graph_us(bf, bcopies);
       row("dispatch", m, 0, 0, 0, 0, graph_us([&](int c, cudaStream_t s) { return launch_weight_only_gemv_int(args(c, m, 0), s); }, copies), bf_us);
-      for (int v = 0; v < kNumVariants; ++v)
-        for (int ks : {0}) {
-          const double us = graph_us([&](int c, cudaStream_t s) { return launch_variant(v, args(c, m, ks), s); }, copies);
-          row("int4_g128", m, kVariants[v].nt, kVariants[v].depth, kVariants[v].minb, ks, us, bf_us);
-        }
+      for (int v = 0; v < kNumVariants; ++v) {
+        const double us = graph_us([&](int c, cudaStream_t s) { return launch_variant(v, args(c, m, 0), s); }, copies);
+        row("int4_g128", m, kVariants[v].nt, kVariants[v].depth, kVariants[v].minb, 0, us, bf_us);
+      }
       if (m != 1) continue;
       for (int ks : {0, 8}) {
         row("stream_only", m, 2, 2, 2, ks, graph_us([&](int c, cudaStream_t s) { return launch_stream_only<2, 2>(args(c, m, ks), sink, s); }, copies), bf_us);

@@ -105,13 +105,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
 #pragma unroll
   for (int d = 0; d < S - 1; ++d) issue(d, d, sb[d], zb[d]);
 
-  float acc[NT][MH][4];
-#pragma unroll
-  for (int t = 0; t < NT; ++t)
-#pragma unroll
-    for (int h = 0; h < MH; ++h)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[t][h][r] = 0.f;
+  float acc[NT][MH][4] = {};
 
   for (int j0 = 0; j0 < count; j0 += S) {
 #pragma unroll

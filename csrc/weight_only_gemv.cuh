@@ -100,13 +100,7 @@ __global__ void __launch_bounds__(256, MINB) weight_only_gemv_kernel(const T* __
 #pragma unroll
   for (int h = 0; h < MH; ++h) xrow[h] = x + (size_t)min(h * 8 + g, M - 1) * K + tig * VPC;
 
-  float acc[NT][MH][4];
-#pragma unroll
-  for (int t = 0; t < NT; ++t)
-#pragma unroll
-    for (int h = 0; h < MH; ++h)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[t][h][r] = 0.f;
+  float acc[NT][MH][4] = {};
 
   // x rows past M stay zero (never loaded), as do columns past K
   auto load_xh = [&](int j, int h, uint32_t (&xv)[PAIRS]) {
@@ -263,7 +257,7 @@ __global__ void __launch_bounds__(256, MINB) weight_only_gemv_kernel(const T* __
 inline int choose_warps(const GemvArgs& a, int nt) {
   if (a.ksplit > 0) return a.ksplit > 8 ? 8 : a.ksplit;
   const int blocks = a.n_pad / (16 * nt);
-  const int target = (a.num_sms > 0 ? a.num_sms : 132) * 16;
+  const int target = sm_count(a) * 16;
   int s = 1;
   while (s < 8 && blocks * s < target && a.tiles_k >= 4 * s) s *= 2;
   return s;
@@ -292,8 +286,9 @@ cudaError_t launch_typed(const GemvArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// Two bands per warp where the band count is even (x loaded once per two tiles), else one: at M <= 16 a ring of
-// two tiles of two bands or four of one, the same bytes in flight per warp.
+// Two bands per warp where the band count is even (x loaded once per two tiles), else one. At 8 < M <= 16 a ring
+// of two tiles of two bands or four of one, the same bytes in flight per warp; at M <= 8 one band per warp has a
+// ring of two tiles and three blocks per SM.
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST>
 cudaError_t launch_mh(const GemvArgs& a, cudaStream_t stream) {
   const int bands = a.n_pad / 16;
@@ -303,8 +298,7 @@ cudaError_t launch_mh(const GemvArgs& a, cudaStream_t stream) {
     // blocks, three per SM (M=1, 6144x4096: H100 7.8 vs 8.3 us, H200 7.8 vs 8.2; 4096x14336: H100 14.1 vs 15.2,
     // H200 14.4 vs 14.8; 8192x8192 is slower that way). At M = 8 x re-read per band costs more than that gains
     // (H200 4096x4096 7.8 vs 7.3 us), so two bands there.
-    const int sms = a.num_sms > 0 ? a.num_sms : 132;
-    return two && (a.M > 1 || bands > 3 * sms) ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 1, 2>(a, stream)
+    return two && (a.M > 1 || bands > 3 * sm_count(a)) ? launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 2, 1, 2>(a, stream)
                                                : launch_typed<T, FMT, SPC, SK, HAS_ZP, POST, 1, 1, 2, 3>(a, stream);
   }
   if (a.M > kMaxRows) return cudaErrorInvalidValue;

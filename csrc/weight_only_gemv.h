@@ -31,6 +31,9 @@ struct GemvArgs {
   int* arrivals = nullptr;   // GEMM with split K: int32 [chunks * blocks_n], zero before the launch
 };
 
+// SMs to fill: the device's count as the binding reads it, else an H100/H200's.
+inline int sm_count(const GemvArgs& a) { return a.num_sms > 0 ? a.num_sms : 132; }
+
 // The GEMM's block (weight_only_gemm.cuh): 8 warps of two 16-row bands each (256 weight rows), 4 K tiles in flight.
 constexpr int kGemmWarps = 8;
 constexpr int kGemmBands = 2;
@@ -53,7 +56,7 @@ inline GemmPlan plan_weight_only_gemm(const GemvArgs& a) {
   if (a.ksplit > 0) {
     s = a.ksplit;
   } else {
-    s = (a.num_sms > 0 ? a.num_sms : 132) / (p.blocks_n * p.chunks);
+    s = sm_count(a) / (p.blocks_n * p.chunks);
     if (s > a.tiles_k / 2) s = a.tiles_k / 2;
   }
   if (s > a.tiles_k) s = a.tiles_k;
