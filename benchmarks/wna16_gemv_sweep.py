@@ -25,9 +25,10 @@ from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 
 SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 EXTRA = ["NVFP4A16", "MXFP4A16", "W8A16", "MXFP8A16", "W4A16_ASYM"]  # on 8192x8192 only
-MS = [1, 4, 8, 16, 32, 64, 128, 256]
+MS = [int(m) for m in os.environ.get("SWEEP_MS", "1,4,8,16,32,64,128,256").split(",")]
 SPLITS = [0, 1, 2, 4, 8]  # GEMV: warps per block splitting K; GEMM: blocks splitting K (0: the launcher's choice)
-GEMV, GEMM = 0, 1
+GEMV, GEMM, WGMMA = 0, 1, 2
+PATH_NAMES = {GEMV: "gemv", GEMM: "gemm", WGMMA: "wgmma"}
 FLUSH = 256 << 20
 
 
@@ -56,11 +57,13 @@ def copy_bandwidth() -> float:
 
 
 def configs(name: str, n: int, k: int, m: int) -> list[tuple[int, int]]:
-    """(path, ksplit) to time: the GEMV up to 16 rows (32 to see the crossing), the GEMM from 8; every split on the
-    W4A16 shapes, the launcher's choice for the other formats."""
+    """(path, ksplit) to time: the GEMV up to 16 rows (32 to see the crossing), the GEMM from 8, on sm_90 the wgmma
+    GEMM from 8; every split on the W4A16 shapes, the launcher's choice for the other formats."""
     every = name == "W4A16"
     out = [(GEMV, ks) for ks in (SPLITS if every else [0]) if m <= 32]
     out += [(GEMM, ks) for ks in (SPLITS if every else [0]) if m >= 8]
+    if torch.cuda.get_device_capability() == (9, 0):
+        out += [(WGMMA, ks) for ks in (SPLITS if every else [0]) if m >= 8]
     return out
 
 
@@ -98,7 +101,7 @@ def main():
                     for pp in preps
                 ]
                 us = graph_time(calls)
-                row = dict(scheme=name, n=n, k=k, m=m, path="gemv" if path == GEMV else "gemm", ksplit=ks,
+                row = dict(scheme=name, n=n, k=k, m=m, path=PATH_NAMES[path], ksplit=ks,
                            us=round(us, 2), bf16_us=round(bf16_us, 2), ratio=round(bf16_us / us, 2),
                            gbps=round(moved / us / 1e3, 1), pct_copy_bw=round(100 * moved / us / 1e6 / bw, 1))
                 rows.append(row)

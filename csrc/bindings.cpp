@@ -20,12 +20,12 @@ template <cudaDeviceAttr ATTR>
 int device_attribute(int device, int fallback) {
   static std::array<int, 64> cache{};
   if (device < 0 || device >= int(cache.size())) return fallback;
-  if (cache[device] == 0) {
-    int v = 0;
+  if (cache[device] == 0) {  // stored + 1: an attribute may be 0 (a compute capability's minor)
+    int v = -1;
     cudaDeviceGetAttribute(&v, ATTR, device);
-    cache[device] = v > 0 ? v : fallback;
+    cache[device] = (v >= 0 ? v : fallback) + 1;
   }
-  return cache[device];
+  return cache[device] - 1;
 }
 
 struct DeviceScope {
@@ -86,7 +86,8 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
                     zeros->sizes() == scales.sizes(),
                 "weight_only_gemv: zeros must be uint8 like scales");
   }
-  TORCH_CHECK(path >= -1 && path <= 1, "weight_only_gemv: path must be -1 (choose), 0 (GEMV) or 1 (GEMM), got ", path);
+  TORCH_CHECK(path >= -1 && path <= 2,
+              "weight_only_gemv: path must be -1 (choose), 0 (GEMV), 1 (GEMM) or 2 (Hopper GEMM), got ", path);
   const int64_t m = x.size(0);
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0) return out;
@@ -96,6 +97,9 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const int num_sms = device_attribute<cudaDevAttrMultiProcessorCount>(x.get_device(), 132);
   const int max_smem = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(x.get_device(), 48 * 1024);
+  // wgmma needs sm_90 exactly (the extension's sm_90a code; other GPUs run its sm_80 code, without wgmma)
+  const bool hopper = device_attribute<cudaDevAttrComputeCapabilityMajor>(x.get_device(), 0) == 9 &&
+                      device_attribute<cudaDevAttrComputeCapabilityMinor>(x.get_device(), 0) == 0;
   quantops::GemvArgs a;
   a.x = x.data_ptr();
   a.w = qweight.data_ptr();
@@ -116,22 +120,34 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
   a.ksplit = int(ksplit);
   a.num_sms = num_sms;
   a.max_smem = max_smem;
-  // path: 0 = GEMV (chunks of 16 rows), 1 = GEMM, -1 = GEMV up to kMaxRows rows, else the GEMM (where its shared
-  // memory fits this device)
-  const quantops::GemmPlan plan = quantops::plan_weight_only_gemm(a);
+  // path: 0 = GEMV (chunks of 16 rows), 1 = GEMM (mma.sync), 2 = Hopper GEMM (wgmma); -1 = the GEMV up to kMaxRows
+  // rows, else the Hopper GEMM on sm_90, else the GEMM (each where its shared memory fits this device)
+  const bool wgmma_fits = hopper && quantops::wgmma_smem_bytes(a.fmt, quantops::plan_weight_only_gemm(a, true).mt) <=
+                                        size_t(max_smem);
+  TORCH_CHECK(path != 2 || wgmma_fits, "weight_only_gemv: the Hopper GEMM needs an sm_90 GPU with ",
+              quantops::wgmma_smem_bytes(a.fmt, quantops::plan_weight_only_gemm(a, true).mt),
+              " bytes of shared memory per block");
+  const bool use_wgmma = path == 2 || (path < 0 && m > quantops::kMaxRows && wgmma_fits);
+  const quantops::GemmPlan plan = quantops::plan_weight_only_gemm(a, use_wgmma);
   const bool fits = quantops::gemm_smem_bytes(a, plan) <= size_t(max_smem);
   TORCH_CHECK(path != 1 || fits, "weight_only_gemv: the GEMM needs ", quantops::gemm_smem_bytes(a, plan),
               " bytes of shared memory per block, this device allows ", max_smem);
-  if (path == 1 || (path < 0 && m > quantops::kMaxRows && fits)) {
-    at::Tensor partial, arrivals;  // split K: fp32 partial sums and a zeroed arrival counter per row block
+  if (use_wgmma || path == 1 || (path < 0 && m > quantops::kMaxRows && fits)) {
+    at::Tensor partial, arrivals, x_perm;  // split K: fp32 partial sums and a zeroed arrival counter per row block
+    if (use_wgmma) {
+      x_perm = at::empty({m, k_pad}, x.options());
+      a.x_perm = x_perm.data_ptr();
+    }
     if (plan.splits > 1) {
       partial = at::empty({int64_t(plan.chunks) * plan.splits * plan.mt * n_pad}, x.options().dtype(at::kFloat));
       arrivals = at::zeros({int64_t(plan.chunks) * plan.blocks_n}, x.options().dtype(at::kInt));
       a.partial = partial.data_ptr<float>();
       a.arrivals = arrivals.data_ptr<int>();
     }
-    const cudaError_t err = is_int ? quantops::launch_weight_only_gemm_int(a, stream)
-                                   : quantops::launch_weight_only_gemm_fp(a, stream);
+    const cudaError_t err = use_wgmma ? (is_int ? quantops::launch_weight_only_wgmma_int(a, stream)
+                                                : quantops::launch_weight_only_wgmma_fp(a, stream))
+                                      : (is_int ? quantops::launch_weight_only_gemm_int(a, stream)
+                                                : quantops::launch_weight_only_gemm_fp(a, stream));
     TORCH_CHECK(err == cudaSuccess, "weight_only_gemm launch failed: ", cudaGetErrorString(err));
     return out;
   }
@@ -152,7 +168,7 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weight_only_gemv", &weight_only_gemv,
-        "Weight-only GEMV for M <= 16 rows of x, the batched GEMM beyond (path: -1 auto, 0 GEMV, 1 GEMM)",
+        "Weight-only GEMV for M <= 16 rows of x, the batched GEMM beyond (path: -1 auto, 0 GEMV, 1 GEMM, 2 Hopper GEMM)",
         pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"), pybind11::arg("alpha"),
         pybind11::arg("fmt"), pybind11::arg("group_size"), pybind11::arg("n"), pybind11::arg("k"),
         pybind11::arg("stream"), pybind11::arg("ksplit") = 0, pybind11::arg("path") = -1);

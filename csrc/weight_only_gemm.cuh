@@ -26,6 +26,64 @@ namespace quantops {
 // row g; t and t+2 would share banks (64 bytes apart), as would rows g and g+1 (a row is 128 or 256 bytes).
 __device__ __forceinline__ int x_unit(int u, int r) { return u ^ (((u >> 3) & 1) << 1) ^ (r & 1); }
 
+// The end of a GEMM block (here and weight_only_wgmma.cuh). each_output(f) calls f(valid band, weight row n, chunk
+// row m, value) for every accumulator. One split: the values go straight to `out`. Several: fp32 partial sums
+// [chunk][split][MT][n_pad]; the last block of a row block to arrive (a counter per row block and chunk, zeroed by
+// the caller, reset by that block) adds the splits in split order -- deterministic -- and writes the output.
+template <typename T, int MT, int ROWS, int THREADS, class Outputs>
+__device__ __forceinline__ void gemm_store(const Outputs& each_output, T* __restrict__ out, float* __restrict__ partial,
+                                           int* __restrict__ arrivals, int M, int N, int n_pad, int m0, int split,
+                                           int splits) {
+  if (splits == 1) {
+    each_output([&](bool, int n, int m, float v) {
+      if (m0 + m < M && n < N) out[(size_t)(m0 + m) * N + n] = from_float<T>(v);
+    });
+    return;
+  }
+  // partial sums: [chunk][split][MT][n_pad] fp32
+  float* mine = partial + ((size_t)blockIdx.z * splits + split) * MT * n_pad;
+  each_output([&](bool ok, int n, int m, float v) {
+    if (ok && m0 + m < M) mine[(size_t)m * n_pad + n] = v;
+  });
+  __threadfence();  // the partial sums are visible device-wide before this block is counted
+  __syncthreads();
+  __shared__ int last;
+  int* counter = arrivals + blockIdx.z * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  // the sum, four outputs per thread and load: every split's loads of a thread in flight together (they come
+  // from L2, a few hundred cycles each)
+  const float* chunk = partial + (size_t)blockIdx.z * splits * MT * n_pad;
+  const int n0 = blockIdx.x * ROWS;
+  constexpr int QUADS = MT * ROWS / 4 / THREADS;
+  float4 sum[QUADS];
+#pragma unroll
+  for (int q = 0; q < QUADS; ++q) sum[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int sp = 0; sp < splits; ++sp) {
+#pragma unroll
+    for (int q = 0; q < QUADS; ++q) {
+      const int i = threadIdx.x + q * THREADS;
+      const int m = i / (ROWS / 4), n = n0 + (i % (ROWS / 4)) * 4;
+      if (m0 + m < M && n < n_pad) {
+        const float4 v = __ldcg(reinterpret_cast<const float4*>(chunk + ((size_t)sp * MT + m) * n_pad + n));
+        sum[q].x += v.x, sum[q].y += v.y, sum[q].z += v.z, sum[q].w += v.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < QUADS; ++q) {
+    const int i = threadIdx.x + q * THREADS;
+    const int m = i / (ROWS / 4), n = n0 + (i % (ROWS / 4)) * 4;
+    const float v[4] = {sum[q].x, sum[q].y, sum[q].z, sum[q].w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (m0 + m < M && n + e < N) out[(size_t)(m0 + m) * N + n + e] = from_float<T>(v[e]);
+  }
+  if (threadIdx.x == 0) *counter = 0;  // ready for the next launch (CUDA graph replays reuse the buffer)
+}
+
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int MH>
 __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
     weight_only_gemm_kernel(const T* __restrict__ x, const uint4* __restrict__ w, const uint8_t* __restrict__ scales,
@@ -44,7 +102,6 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
   constexpr int STAGE = XUNITS + kGemmWarps * NT * 64;  // one stage: the x tile, then every warp's weights
   constexpr int THREADS = kGemmWarps * 32;
   constexpr int S = kGemmStages;
-  constexpr int ROWS = kGemmRows;  // weight rows per block
   static_assert(!POST || Traits::kIsInt, "accumulator scaling is for integer weights");
 
   const int lane = threadIdx.x & 31;
@@ -187,63 +244,17 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
   copy_async_wait<0>();
 
   // c[0..1]: weight row g, c[2..3]: row g+8; columns: x rows h*8 + 2*tig, +1 of the chunk
-  const int n_pad = n_bands * 16;
-  auto each_output = [&](auto&& f) {  // f(valid band, weight row n, chunk row m, value)
+  gemm_store<T, MT, kGemmRows, THREADS>(
+      [&](auto&& f) {
 #pragma unroll
-    for (int t = 0; t < NT; ++t)
+        for (int t = 0; t < NT; ++t)
 #pragma unroll
-      for (int h = 0; h < MH; ++h)
+          for (int h = 0; h < MH; ++h)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) f(valid[t], band[t] * 16 + g + (r >= 2 ? 8 : 0), h * 8 + 2 * tig + (r & 1), acc[t][h][r]);
-  };
-  if (splits == 1) {
-    each_output([&](bool, int n, int m, float v) {
-      if (m0 + m < M && n < N) out[(size_t)(m0 + m) * N + n] = from_float<T>(v);
-    });
-    return;
-  }
-  // partial sums: [chunk][split][MT][n_pad] fp32
-  float* mine = partial + ((size_t)blockIdx.z * splits + split) * MT * n_pad;
-  each_output([&](bool ok, int n, int m, float v) {
-    if (ok && m0 + m < M) mine[(size_t)m * n_pad + n] = v;
-  });
-  __threadfence();  // the partial sums are visible device-wide before this block is counted
-  __syncthreads();
-  __shared__ int last;
-  int* counter = arrivals + blockIdx.z * gridDim.x + blockIdx.x;
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == splits - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  // the sum, four outputs per thread and load: every split's loads of a thread in flight together (they come
-  // from L2, a few hundred cycles each)
-  const float* chunk = partial + (size_t)blockIdx.z * splits * MT * n_pad;
-  const int n0 = blockIdx.x * ROWS;
-  constexpr int QUADS = MT * ROWS / 4 / THREADS;
-  float4 sum[QUADS];
-#pragma unroll
-  for (int q = 0; q < QUADS; ++q) sum[q] = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int sp = 0; sp < splits; ++sp) {
-#pragma unroll
-    for (int q = 0; q < QUADS; ++q) {
-      const int i = threadIdx.x + q * THREADS;
-      const int m = i / (ROWS / 4), n = n0 + (i % (ROWS / 4)) * 4;
-      if (m0 + m < M && n < n_pad) {
-        const float4 v = __ldcg(reinterpret_cast<const float4*>(chunk + ((size_t)sp * MT + m) * n_pad + n));
-        sum[q].x += v.x, sum[q].y += v.y, sum[q].z += v.z, sum[q].w += v.w;
-      }
-    }
-  }
-#pragma unroll
-  for (int q = 0; q < QUADS; ++q) {
-    const int i = threadIdx.x + q * THREADS;
-    const int m = i / (ROWS / 4), n = n0 + (i % (ROWS / 4)) * 4;
-    const float v[4] = {sum[q].x, sum[q].y, sum[q].z, sum[q].w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      if (m0 + m < M && n + e < N) out[(size_t)(m0 + m) * N + n + e] = from_float<T>(v[e]);
-  }
-  if (threadIdx.x == 0) *counter = 0;  // ready for the next launch (CUDA graph replays reuse the buffer)
+            for (int r = 0; r < 4; ++r)
+              f(valid[t], band[t] * 16 + g + (r >= 2 ? 8 : 0), h * 8 + 2 * tig + (r & 1), acc[t][h][r]);
+      },
+      out, partial, arrivals, M, N, n_bands * 16, m0, split, splits);
 }
 
 // ---- launch ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ struct GemvArgs {
   int max_smem;  // shared memory a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin); 0: 48 KiB
   float* partial = nullptr;  // GEMM with split K: fp32 [chunks * splits * mt * n_pad] (GemmPlan)
   int* arrivals = nullptr;   // GEMM with split K: int32 [chunks * blocks_n], zero before the launch
+  void* x_perm = nullptr;    // Hopper GEMM: [M, tiles_k * tile_k] in x's dtype, x in the wgmma's k order
 };
 
 // SMs to fill: the device's count as the binding reads it, else an H100/H200's.
@@ -46,17 +47,24 @@ struct GemmPlan {
   int mt, chunks, blocks_n, splits;
 };
 
-inline GemmPlan plan_weight_only_gemm(const GemvArgs& a) {
-  constexpr int kRowsPerBlock = kGemmRows;
+// The Hopper GEMM's block (weight_only_wgmma.cuh): one warpgroup, two 64-row wgmma tiles (128 weight rows); two
+// blocks per SM, so that one's dequantization overlaps the other's wgmmas.
+constexpr int kWgmmaWarps = 4;
+constexpr int kWgmmaRows = kWgmmaWarps * 2 * 16;
+constexpr int kWgmmaBlocksPerSm = 2;
+
+// wgmma: the plan of the Hopper GEMM (its rows per block and blocks per SM).
+inline GemmPlan plan_weight_only_gemm(const GemvArgs& a, bool wgmma = false) {
+  const int rows_per_block = wgmma ? kWgmmaRows : kGemmRows;
   GemmPlan p;
   p.mt = a.M <= 16 ? 16 : a.M <= 32 ? 32 : 64;
   p.chunks = (a.M + p.mt - 1) / p.mt;
-  p.blocks_n = (a.n_pad + kRowsPerBlock - 1) / kRowsPerBlock;
+  p.blocks_n = (a.n_pad + rows_per_block - 1) / rows_per_block;
   int s;
   if (a.ksplit > 0) {
     s = a.ksplit;
   } else {
-    s = sm_count(a) / (p.blocks_n * p.chunks);
+    s = sm_count(a) * (wgmma ? kWgmmaBlocksPerSm : 1) / (p.blocks_n * p.chunks);
     if (s > a.tiles_k / 2) s = a.tiles_k / 2;
   }
   if (s > a.tiles_k) s = a.tiles_k;
@@ -72,6 +80,12 @@ inline size_t gemm_smem_bytes(const GemvArgs& a, const GemmPlan& p) {
   return size_t(kGemmStages) * (p.mt * gemm_x_units_per_row(a.fmt) + kGemmWarps * kGemmBands * 64) * 16;
 }
 
+// The Hopper GEMM's shared memory: kGemmStages stages of (x tile [mt, tile_k] + 8 band tiles of 1024 bytes), + 1024
+// for the alignment of its swizzled x tiles.
+inline size_t wgmma_smem_bytes(int fmt, int mt) {
+  return size_t(kGemmStages) * (mt * gemm_x_units_per_row(fmt) * 16 + kWgmmaWarps * 2 * 1024) + 1024;
+}
+
 // Launch for M <= kMaxRows (GEMV) or any M (GEMM). Returns cudaSuccess or the launch error; unsupported
 // combinations (and a GEMM needing more shared memory than the device has) give cudaErrorInvalidValue (the
 // Python side validates before calling).
@@ -79,5 +93,8 @@ cudaError_t launch_weight_only_gemv_int(const GemvArgs& a, cudaStream_t stream);
 cudaError_t launch_weight_only_gemv_fp(const GemvArgs& a, cudaStream_t stream);
 cudaError_t launch_weight_only_gemm_int(const GemvArgs& a, cudaStream_t stream);
 cudaError_t launch_weight_only_gemm_fp(const GemvArgs& a, cudaStream_t stream);
+// sm_90a builds only (the kernel traps elsewhere): the caller checks the device is sm_90
+cudaError_t launch_weight_only_wgmma_int(const GemvArgs& a, cudaStream_t stream);
+cudaError_t launch_weight_only_wgmma_fp(const GemvArgs& a, cudaStream_t stream);
 
 }  // namespace quantops

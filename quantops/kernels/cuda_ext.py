@@ -24,6 +24,8 @@ SOURCES = (
     "weight_only_gemv_fp.cu",
     "weight_only_gemm_int.cu",
     "weight_only_gemm_fp.cu",
+    "weight_only_wgmma_int.cu",
+    "weight_only_wgmma_fp.cu",
 )
 # sm_80 for Ampere; sm_90a for Hopper (the 'a' target allows Hopper-only instructions; explicit -gencode
 # flags also stop torch from adding its own arch list)

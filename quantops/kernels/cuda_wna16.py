@@ -12,7 +12,10 @@ covers M <= 16.
 
 Past 16 rows the same op runs a GEMM over the same tiles (csrc/weight_only_gemm.cuh): a block of 8 warps covers
 256 weight rows and stages each x tile (up to 64 rows) once in shared memory for all of them, K split over
-blocks with an in-kernel, fixed-order reduction. One prepared copy of the weights serves both.
+blocks with an in-kernel, fixed-order reduction. On Hopper (sm_90) the op runs a wgmma GEMM there instead
+(csrc/weight_only_wgmma.cuh): blocks of one warpgroup dequantize 128 weight rows into wgmma's register A operand
+for chunks of up to 64 rows of x (staged in shared memory, its k order matched once per call). One prepared copy
+of the weights serves all three.
 
 Needs: CUDA sm_80+, the quantops_cuda extension (built from csrc/ on first use; see cuda_ext.py).
 """

@@ -64,15 +64,14 @@ RANKING: dict[str, dict[str, list[str]]] = {
     # INT4 / INT8 weight-only (W4A16, W4A16_ASYM, W8A16)
     "wna16": {
         # H200 (`quantops bench`, eager, L2-cold, geo-mean over 8192x8192 + Llama-3-8B layers, ratio to bf16):
-        # the CUDA op up to M=32: its GEMV to 16 rows (W4A16 2.26x at M=1, 1.61x at 16; tinygemm 1.83x / 0.52x,
-        # kept as its fallback), its GEMM above (faster than FBGEMM bf16i4 at M=32 on all 5 layers, e.g.
-        # 8192^2 29.6 vs 33.9 us; at M=64 faster on the two big Llama layers only, 1.07x slower in geo-mean);
-        # FBGEMM bf16i4 0.8-1.0x for 33..2048 (int4 groups, bf16); where FBGEMM cannot run (W8A16, fp16,
-        # act-order) the CUDA op up to 128 (its GEMM: W8A16 8192^2 0.81x at 64 (the GEMV in 16-row chunks was
-        # 0.47x, Triton 0.42x), 0.47x at 128 vs dequantize + cuBLAS 0.43x), then dequantize + cuBLAS (0.90-0.94x at
-        # M>=2048).
+        # the CUDA op up to M=64: its GEMV to 16 rows (W4A16 2.26x at M=1, 1.62x at 16; tinygemm 1.83x / 0.52x,
+        # kept as its fallback), its wgmma GEMM above on Hopper (1.37x at 32 vs FBGEMM bf16i4 0.89x, faster on all
+        # 5 layers; 0.99x at 64 vs 0.84x, faster on the three large layers, slower on qkv / o; 0.76x at 128 vs
+        # 0.79x); FBGEMM bf16i4 0.8-1.0x for 65..2048 (int4 groups, bf16); where FBGEMM cannot run (W8A16, fp16,
+        # act-order) the CUDA op up to 128 (W8A16 8192^2 1.03x at 64, 0.67x at 128 vs dequantize + cuBLAS 0.42x),
+        # then dequantize + cuBLAS (0.90-0.94x at M>=2048).
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=32",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
             "tinygemm_int4:Int4TinygemmKernel@m<=1",
             "fbgemm_int4:Int4RowwiseFbgemmKernel@m<=2048",
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
@@ -118,8 +117,8 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "nvfp4a16": {
-        # H200 (8192^2, `quantops bench`): the CUDA op up to M=128 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 /
-        # MXFP8A16 0.80 / 0.87 / 0.75x at 64, 0.47 / 0.53 / 0.45x at 128 vs dequantize + cuBLAS 0.35x); dequantize
+        # H200 (8192^2, `quantops bench`): the CUDA op up to M=128 (its wgmma GEMM from 17 rows: NVFP4A16 / MXFP4A16 /
+        # MXFP8A16 0.96 / 1.06 / 0.94x at 64, 0.62 / 0.69 / 0.59x at 128 vs dequantize + cuBLAS 0.33x); dequantize
         # + cuBLAS above (0.54x at 512, 0.88-0.96x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
         # (0.07x), so it is only a fallback
         "cuda": [
@@ -143,8 +142,8 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "mxfp4a16": {
-        # H200 (8192^2, `quantops bench`): the CUDA op up to M=128 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 /
-        # MXFP8A16 0.80 / 0.87 / 0.75x at 64, 0.47 / 0.53 / 0.45x at 128 vs dequantize + cuBLAS 0.35x); dequantize
+        # H200 (8192^2, `quantops bench`): the CUDA op up to M=128 (its wgmma GEMM from 17 rows: NVFP4A16 / MXFP4A16 /
+        # MXFP8A16 0.96 / 1.06 / 0.94x at 64, 0.62 / 0.69 / 0.59x at 128 vs dequantize + cuBLAS 0.33x); dequantize
         # + cuBLAS above (0.54x at 512, 0.88-0.96x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
         # (0.07x), so it is only a fallback
         "cuda": [
@@ -168,8 +167,8 @@ RANKING: dict[str, dict[str, list[str]]] = {
         "cpu": [EMULATION],
     },
     "mxfp8a16": {
-        # H200 (8192^2, `quantops bench`): the CUDA op up to M=128 (its GEMM from 17 rows: NVFP4A16 / MXFP4A16 /
-        # MXFP8A16 0.80 / 0.87 / 0.75x at 64, 0.47 / 0.53 / 0.45x at 128 vs dequantize + cuBLAS 0.35x); dequantize
+        # H200 (8192^2, `quantops bench`): the CUDA op up to M=128 (its wgmma GEMM from 17 rows: NVFP4A16 / MXFP4A16 /
+        # MXFP8A16 0.96 / 1.06 / 0.94x at 64, 0.62 / 0.69 / 0.59x at 128 vs dequantize + cuBLAS 0.33x); dequantize
         # + cuBLAS above (0.54x at 512, 0.88-0.96x at 4096); the Triton GEMM's e2m1/e4m3 decode is slow there
         # (0.07x), so it is only a fallback
         "cuda": [
