@@ -1,8 +1,8 @@
-"""The CUDA weight-only kernels on the GPU: time both paths of the op -- the GEMV (16 rows of x per launch, warps
-splitting K) and the GEMM (x shared by a block, K split over blocks) -- for each launch shape against bf16
-F.linear, and report bytes moved per microsecond against the measured copy bandwidth.
+"""The CUDA weight-only kernels on the GPU: time each path of the op -- the GEMV (16 rows of x per launch, warps
+splitting K), the GEMM (x shared by a block, K split over blocks) and, on sm_90, the wgmma GEMM -- for each launch
+shape against bf16 F.linear, and report bytes moved per microsecond against the measured copy bandwidth.
 
-    python benchmarks/wna16_gemv_sweep.py [--out DIR]
+    [SWEEP_MS=16,32,64] python benchmarks/wna16_gemv_sweep.py [--out DIR]
 
 Protocol as `quantops bench`: CUDA graphs over weight copies rotated so that no call finds its weight in L2,
 median of triton.testing.do_bench. Bytes = packed weights + scales (+ zeros) + x + out, each once.

@@ -122,10 +122,9 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
   a.max_smem = max_smem;
   // path: 0 = GEMV (chunks of 16 rows), 1 = GEMM (mma.sync), 2 = Hopper GEMM (wgmma); -1 = the GEMV up to kMaxRows
   // rows, else the Hopper GEMM on sm_90, else the GEMM (each where its shared memory fits this device)
-  const bool wgmma_fits = hopper && quantops::wgmma_smem_bytes(a.fmt, quantops::plan_weight_only_gemm(a, true).mt) <=
-                                        size_t(max_smem);
-  TORCH_CHECK(path != 2 || wgmma_fits, "weight_only_gemv: the Hopper GEMM needs an sm_90 GPU with ",
-              quantops::wgmma_smem_bytes(a.fmt, quantops::plan_weight_only_gemm(a, true).mt),
+  const size_t wgmma_smem = quantops::wgmma_smem_bytes(a.fmt, quantops::plan_weight_only_gemm(a, true).mt);
+  const bool wgmma_fits = hopper && wgmma_smem <= size_t(max_smem);
+  TORCH_CHECK(path != 2 || wgmma_fits, "weight_only_gemv: the Hopper GEMM needs an sm_90 GPU with ", wgmma_smem,
               " bytes of shared memory per block");
   const bool use_wgmma = path == 2 || (path < 0 && m > quantops::kMaxRows && wgmma_fits);
   const quantops::GemmPlan plan = quantops::plan_weight_only_gemm(a, use_wgmma);

@@ -254,6 +254,33 @@ __device__ __forceinline__ void dequant_fp8(const uint4& w, const FpScale& s, ui
   }
 }
 
+// The value an int4 code's magic-number conversion is reduced by: base + zero point (8 when symmetric).
+template <typename T, bool HAS_ZP>
+__device__ __forceinline__ float int4_zero(uint32_t zero_code) {
+  return Int4Magic<T>::kBase + (HAS_ZP ? float(zero_code) : 8.f);
+}
+
+// One lane's 16-byte chunk of codes -> its packed pairs, by format: integers minus their zero point (int4 without SUB:
+// base + code, see dequant_int4), times the decoded scale s[0] when SCALE; e2m1 / e4m3 always times their block
+// scales. The GEMV, the GEMM and the wgmma GEMM differ only in SUB and SCALE.
+template <typename T, int FMT, int SPC, bool HAS_ZP, bool SUB, bool SCALE>
+__device__ __forceinline__ void dequant_chunk(const uint4& w, const float (&s)[SPC], uint32_t zero_code,
+                                              uint32_t (&p)[FormatTraits<FMT>::kValuesPerChunk / 2]) {
+  if constexpr (FMT == kInt4) {
+    const uint32_t zero2 = splat2<T>(from_float<T>(int4_zero<T, HAS_ZP>(zero_code)));
+    dequant_int4<T, SUB, SCALE>(w, zero2, splat2<T>(from_float<T>(s[0])), p);
+  } else if constexpr (FMT == kInt8) {
+    dequant_int8<T, SCALE>(w, HAS_ZP ? float(zero_code) : 128.f, s[0], p);
+  } else if constexpr (FMT == kFp4) {
+    FpScale fs[SPC];
+#pragma unroll
+    for (int i = 0; i < SPC; ++i) fs[i] = make_fp_scale(s[i], 8.507059173023462e37f /* 2^126 */);
+    dequant_fp4<SPC>(w, fs, p);
+  } else {
+    dequant_fp8(w, make_fp_scale(s[0], 1.329227995784916e36f /* 2^120 */), p);
+  }
+}
+
 // ---- scales ------------------------------------------------------------------------------------------
 
 // How the per-group scales are stored: in the activation dtype (int formats), e4m3 times a global factor

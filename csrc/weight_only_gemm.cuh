@@ -187,20 +187,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
 #pragma unroll
           for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK>(sb[d][t][r][i], global);
           post[t][r] = s[0];
-          if constexpr (FMT == kInt4) {
-            const float zero = Int4Magic<T>::kBase + (HAS_ZP ? float(zb[d][t][r]) : 8.f);
-            dequant_int4<T, true, !POST>(wv, splat2<T>(from_float<T>(zero)), splat2<T>(from_float<T>(s[0])),
-                                         pa[t][r]);
-          } else if constexpr (FMT == kInt8) {
-            dequant_int8<T, !POST>(wv, HAS_ZP ? float(zb[d][t][r]) : 128.f, s[0], pa[t][r]);
-          } else if constexpr (FMT == kFp4) {
-            FpScale fs[SPC];
-#pragma unroll
-            for (int i = 0; i < SPC; ++i) fs[i] = make_fp_scale(s[i], 8.507059173023462e37f /* 2^126 */);
-            dequant_fp4<SPC>(wv, fs, pa[t][r]);
-          } else {
-            dequant_fp8(wv, make_fp_scale(s[0], 1.329227995784916e36f /* 2^120 */), pa[t][r]);
-          }
+          dequant_chunk<T, FMT, SPC, HAS_ZP, true, !POST>(wv, s, zb[d][t][r], pa[t][r]);
         }
       }
       // x rows h*8 + g, this lane's chunk: the B fragments, shared by the bands. Two halves at a time, k-steps
@@ -259,6 +246,26 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
 
 // ---- launch ----------------------------------------------------------------------------------------------
 
+// This GEMM and the wgmma GEMM (weight_only_wgmma.cuh) share one kernel parameter list and these two steps: before
+// any launch, the split-K workspace is there and the kernel may use `smem` bytes of shared memory; then the grid of
+// plan p over x (x itself, or its permuted copy).
+template <class Kernel>
+cudaError_t prepare_gemm_launch(Kernel kernel, size_t smem, const GemvArgs& a, const GemmPlan& p) {
+  if (p.splits > 1 && (a.partial == nullptr || a.arrivals == nullptr)) return cudaErrorInvalidValue;
+  if (smem <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+}
+
+template <typename T, class Kernel>
+cudaError_t launch_gemm_grid(Kernel kernel, int threads, size_t smem, const void* x, const GemvArgs& a,
+                             const GemmPlan& p, cudaStream_t stream) {
+  kernel<<<dim3(p.blocks_n, p.splits, p.chunks), threads, smem, stream>>>(
+      static_cast<const T*>(x), static_cast<const uint4*>(a.w), static_cast<const uint8_t*>(a.scales), a.zeros,
+      a.alpha, static_cast<T*>(a.out), a.partial, a.arrivals, a.M, a.N, a.K, a.G, a.group_shift, a.tiles_k,
+      a.n_pad / 16, p.splits);
+  return cudaGetLastError();
+}
+
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int MH>
 cudaError_t launch_gemm_typed(const GemvArgs& a, const GemmPlan& p, cudaStream_t stream) {
   static_assert(gemm_x_units_per_row(FMT) * 16 == FormatTraits<FMT>::kBlockK * int(sizeof(T)),
@@ -267,18 +274,10 @@ cudaError_t launch_gemm_typed(const GemvArgs& a, const GemmPlan& p, cudaStream_t
   const size_t smem = gemm_smem_bytes(a, p);
   const size_t limit = a.max_smem > 0 ? size_t(a.max_smem) : 48 * 1024;
   if (smem > limit) return cudaErrorInvalidValue;  // the caller falls back to the GEMV
-  if (p.splits > 1 && (a.partial == nullptr || a.arrivals == nullptr)) return cudaErrorInvalidValue;
   auto kernel = weight_only_gemm_kernel<T, FMT, SPC, SK, HAS_ZP, POST, MH>;
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (err != cudaSuccess) return err;
-  }
-  const dim3 grid(p.blocks_n, p.splits, p.chunks);
-  kernel<<<grid, kGemmWarps * 32, smem, stream>>>(
-      static_cast<const T*>(a.x), static_cast<const uint4*>(a.w), static_cast<const uint8_t*>(a.scales), a.zeros,
-      a.alpha, static_cast<T*>(a.out), a.partial, a.arrivals, a.M, a.N, a.K, a.G, a.group_shift, a.tiles_k,
-      a.n_pad / 16, p.splits);
-  return cudaGetLastError();
+  const cudaError_t err = prepare_gemm_launch(kernel, smem, a, p);
+  if (err != cudaSuccess) return err;
+  return launch_gemm_grid<T>(kernel, kGemmWarps * 32, smem, a.x, a, p, stream);
 }
 
 struct GemmLauncher {

@@ -177,21 +177,8 @@ __global__ void __launch_bounds__(256, MINB) weight_only_gemv_kernel(const T* __
 #pragma unroll
           for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK>(sv[t][r][i], global);
           post[r] = s[0];
-          if constexpr (FMT == kInt4) {
-            const float zero = Int4Magic<T>::kBase + (HAS_ZP ? float(zv[t][r]) : 8.f);
-            zq[r] = zero;
-            dequant_int4<T, !FOLD, !POST>(wv[t][r], splat2<T>(from_float<T>(zero)), splat2<T>(from_float<T>(s[0])),
-                                         pa[r]);
-          } else if constexpr (FMT == kInt8) {
-            dequant_int8<T, !POST>(wv[t][r], HAS_ZP ? float(zv[t][r]) : 128.f, s[0], pa[r]);
-          } else if constexpr (FMT == kFp4) {
-            FpScale fs[SPC];
-#pragma unroll
-            for (int i = 0; i < SPC; ++i) fs[i] = make_fp_scale(s[i], 8.507059173023462e37f /* 2^126 */);
-            dequant_fp4<SPC>(wv[t][r], fs, pa[r]);
-          } else {
-            dequant_fp8(wv[t][r], make_fp_scale(s[0], 1.329227995784916e36f /* 2^120 */), pa[r]);
-          }
+          if constexpr (FMT == kInt4) zq[r] = int4_zero<T, HAS_ZP>(zv[t][r]);
+          dequant_chunk<T, FMT, SPC, HAS_ZP, !FOLD, !POST>(wv[t][r], s, zv[t][r], pa[r]);
         }
         // c[.][0..1]: weight row g, c[.][2..3]: row g+8 (columns: x rows 2*tig, 2*tig+1 of half h)
         auto mma_half = [&](int h, const uint32_t (&xv)[PAIRS]) {

@@ -50,55 +50,43 @@ __device__ __forceinline__ uint64_t x_descriptor(uint32_t smem_addr) {
 // D[64 x N] += A[64 x 16] (registers, the mma.sync m16n8k16 A fragment per warp) * B[16 x N] (descriptor)
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc);
-template <>
-__device__ __forceinline__ void wgmma_rs<__nv_bfloat16, 16>(float (&d)[8], const uint32_t (&a)[4], uint64_t desc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-}
-template <>
-__device__ __forceinline__ void wgmma_rs<__half, 16>(float (&d)[8], const uint32_t (&a)[4], uint64_t desc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-}
-template <>
-__device__ __forceinline__ void wgmma_rs<__nv_bfloat16, 32>(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-}
-template <>
-__device__ __forceinline__ void wgmma_rs<__half, 32>(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-}
-template <>
-__device__ __forceinline__ void wgmma_rs<__nv_bfloat16, 64>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-}
-template <>
-__device__ __forceinline__ void wgmma_rs<__half, 64>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-}
-
+// one specialization per N and activation type (TY: its PTX name); the asm spells out every accumulator
+#define QUANTOPS_WGMMA_RS_N16(CTY, TY) \
+  template <> \
+  __device__ __forceinline__ void wgmma_rs<CTY, 16>(float(&d)[8], const uint32_t(&a)[4], uint64_t desc) { \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n" \
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7}, " \
+                 "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n" \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1)); \
+  }
+QUANTOPS_WGMMA_RS_N16(__nv_bfloat16, "bf16")
+QUANTOPS_WGMMA_RS_N16(__half, "f16")
+#undef QUANTOPS_WGMMA_RS_N16
+#define QUANTOPS_WGMMA_RS_N32(CTY, TY) \
+  template <> \
+  __device__ __forceinline__ void wgmma_rs<CTY, 32>(float(&d)[16], const uint32_t(&a)[4], uint64_t desc) { \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" \
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, " \
+                 "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n" \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1)); \
+  }
+QUANTOPS_WGMMA_RS_N32(__nv_bfloat16, "bf16")
+QUANTOPS_WGMMA_RS_N32(__half, "f16")
+#undef QUANTOPS_WGMMA_RS_N32
+#define QUANTOPS_WGMMA_RS_N64(CTY, TY) \
+  template <> \
+  __device__ __forceinline__ void wgmma_rs<CTY, 64>(float(&d)[32], const uint32_t(&a)[4], uint64_t desc) { \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n" \
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, " \
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n" \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1)); \
+  }
+QUANTOPS_WGMMA_RS_N64(__nv_bfloat16, "bf16")
+QUANTOPS_WGMMA_RS_N64(__half, "f16")
+#undef QUANTOPS_WGMMA_RS_N64
 
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, int MT>
 __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
@@ -148,7 +136,7 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
   extern __shared__ uint8_t smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   const uint32_t smem = (raw + 1023) & ~1023u;  // the swizzle pattern repeats every 1024 bytes
-  const uint8_t* smem_ptr = smem_raw + (smem - raw);
+  uint8_t* smem_ptr = smem_raw + (smem - raw);
 
   // This thread copies unit xu of rows xr0 + i * RPP of x (already in the wgmma's k order, permute_x_kernel)
   const int xu = threadIdx.x % UPR, xr0 = threadIdx.x / UPR;
@@ -161,7 +149,7 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
   auto issue = [&](int j, int slot, uint32_t (&sv)[2][2][SPC], uint32_t (&zv)[2][2]) {
     if (j < count) {
       const int col0 = (first + j) * KB;
-      uint8_t* base = const_cast<uint8_t*>(smem_ptr) + slot * STAGE;
+      uint8_t* base = smem_ptr + slot * STAGE;
 #pragma unroll
       for (int i = 0; i < MT / RPP; ++i) {
         const bool ok = m0 + xr0 + i * RPP < M;
@@ -208,19 +196,7 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
           float s[SPC];
 #pragma unroll
           for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK>(sb[d][t][r][i], global);
-          if constexpr (FMT == kInt4) {
-            const float zero = Int4Magic<T>::kBase + (HAS_ZP ? float(zb[d][t][r]) : 8.f);
-            dequant_int4<T, true, true>(wv, splat2<T>(from_float<T>(zero)), splat2<T>(from_float<T>(s[0])), pa[t][r]);
-          } else if constexpr (FMT == kInt8) {
-            dequant_int8<T, true>(wv, HAS_ZP ? float(zb[d][t][r]) : 128.f, s[0], pa[t][r]);
-          } else if constexpr (FMT == kFp4) {
-            FpScale fs[SPC];
-#pragma unroll
-            for (int i = 0; i < SPC; ++i) fs[i] = make_fp_scale(s[i], 8.507059173023462e37f /* 2^126 */);
-            dequant_fp4<SPC>(wv, fs, pa[t][r]);
-          } else {
-            dequant_fp8(wv, make_fp_scale(s[0], 1.329227995784916e36f /* 2^120 */), pa[t][r]);
-          }
+          dequant_chunk<T, FMT, SPC, HAS_ZP, true, true>(wv, s, zb[d][t][r], pa[t][r]);
         }
       }
       const uint32_t xs = smem + d * STAGE;
@@ -288,22 +264,15 @@ __global__ void permute_x_kernel(const T* __restrict__ x, T* __restrict__ xp, in
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, int MT>
 cudaError_t launch_wgmma_typed(const GemvArgs& a, const GemmPlan& p, cudaStream_t stream) {
   const size_t smem = wgmma_smem_bytes(a.fmt, p.mt);
-  if (smem > size_t(a.max_smem)) return cudaErrorInvalidValue;
-  if (p.splits > 1 && (a.partial == nullptr || a.arrivals == nullptr)) return cudaErrorInvalidValue;
+  if (smem > size_t(a.max_smem) || a.x_perm == nullptr) return cudaErrorInvalidValue;
   auto kernel = weight_only_wgmma_kernel<T, FMT, SPC, SK, HAS_ZP, MT>;
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  const cudaError_t err = prepare_gemm_launch(kernel, smem, a, p);
   if (err != cudaSuccess) return err;
-  if (a.x_perm == nullptr) return cudaErrorInvalidValue;
   const size_t units = size_t(a.M) * a.tiles_k * (FormatTraits<FMT>::kBlockK / 8);
   const int perm_blocks = int(std::min<size_t>((units + 255) / 256, size_t(4) * sm_count(a)));
   permute_x_kernel<T, FMT><<<perm_blocks, 256, 0, stream>>>(static_cast<const T*>(a.x), static_cast<T*>(a.x_perm), a.M,
                                                               a.K, a.tiles_k);
-  const dim3 grid(p.blocks_n, p.splits, p.chunks);
-  kernel<<<grid, kWgmmaWarps * 32, smem, stream>>>(
-      static_cast<const T*>(a.x_perm), static_cast<const uint4*>(a.w), static_cast<const uint8_t*>(a.scales), a.zeros,
-      a.alpha, static_cast<T*>(a.out), a.partial, a.arrivals, a.M, a.N, a.K, a.G, a.group_shift, a.tiles_k,
-      a.n_pad / 16, p.splits);
-  return cudaGetLastError();
+  return launch_gemm_grid<T>(kernel, kWgmmaWarps * 32, smem, a.x_perm, a, p, stream);
 }
 
 struct WgmmaLauncher {
