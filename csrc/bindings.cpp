@@ -122,22 +122,22 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
   a.max_smem = max_smem;
   // path: 0 = GEMV (chunks of 16 rows), 1 = GEMM (mma.sync), 2 = Hopper GEMM (wgmma); -1 = the GEMV up to kMaxRows
   // rows, else the Hopper GEMM on sm_90, else the GEMM (each where its shared memory fits this device)
-  const size_t wgmma_smem = quantops::wgmma_smem_bytes(a.fmt, quantops::plan_weight_only_gemm(a, true).mt);
+  const size_t wgmma_smem = quantops::wgmma_smem_bytes(a.fmt, quantops::plan_weight_only_wgmma(a).mt);
   const bool wgmma_fits = hopper && wgmma_smem <= size_t(max_smem);
   TORCH_CHECK(path != 2 || wgmma_fits, "weight_only_gemv: the Hopper GEMM needs an sm_90 GPU with ", wgmma_smem,
               " bytes of shared memory per block");
   const bool use_wgmma = path == 2 || (path < 0 && m > quantops::kMaxRows && wgmma_fits);
-  const quantops::GemmPlan plan = quantops::plan_weight_only_gemm(a, use_wgmma);
+  const quantops::GemmPlan plan = use_wgmma ? quantops::plan_weight_only_wgmma(a) : quantops::plan_weight_only_gemm(a);
   const bool fits = quantops::gemm_smem_bytes(a, plan) <= size_t(max_smem);
   TORCH_CHECK(path != 1 || fits, "weight_only_gemv: the GEMM needs ", quantops::gemm_smem_bytes(a, plan),
               " bytes of shared memory per block, this device allows ", max_smem);
   if (use_wgmma || path == 1 || (path < 0 && m > quantops::kMaxRows && fits)) {
-    at::Tensor partial, arrivals, x_perm;  // split K: fp32 partial sums and a zeroed arrival counter per row block
+    at::Tensor partial, arrivals, x_perm;  // GEMM split K: fp32 partial sums and a zeroed counter per row block
     if (use_wgmma) {
       x_perm = at::empty({m, k_pad}, x.options());
       a.x_perm = x_perm.data_ptr();
     }
-    if (plan.splits > 1) {
+    if (plan.splits > 1 && !plan.cluster) {
       partial = at::empty({int64_t(plan.chunks) * plan.splits * plan.mt * n_pad}, x.options().dtype(at::kFloat));
       arrivals = at::zeros({int64_t(plan.chunks) * plan.blocks_n}, x.options().dtype(at::kInt));
       a.partial = partial.data_ptr<float>();

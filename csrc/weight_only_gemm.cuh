@@ -45,14 +45,18 @@ __device__ __forceinline__ void gemm_store(const Outputs& each_output, T* __rest
   each_output([&](bool ok, int n, int m, float v) {
     if (ok && m0 + m < M) mine[(size_t)m * n_pad + n] = v;
   });
-  __threadfence();  // the partial sums are visible device-wide before this block is counted
+  // The block's partial sums are ordered before its count by the barrier and thread 0's release; the last block's
+  // acquire (and its barrier) orders every block's sums before its reads. One fence per block, not per thread.
   __syncthreads();
   __shared__ int last;
   int* counter = arrivals + blockIdx.z * gridDim.x + blockIdx.x;
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == splits - 1;
+  if (threadIdx.x == 0) {
+    int before;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;\n" : "=r"(before) : "l"(counter) : "memory");
+    last = before == splits - 1;
+  }
   __syncthreads();
   if (!last) return;
-  __threadfence();
   // the sum, four outputs per thread and load: every split's loads of a thread in flight together (they come
   // from L2, a few hundred cycles each)
   const float* chunk = partial + (size_t)blockIdx.z * splits * MT * n_pad;

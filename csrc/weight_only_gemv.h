@@ -45,6 +45,7 @@ constexpr int kGemmRows = kGemmWarps * kGemmBands * 16;
 // blocks (about one block per SM; at least two K tiles each unless forced by ksplit).
 struct GemmPlan {
   int mt, chunks, blocks_n, splits;
+  bool cluster = false;  // Hopper GEMM: the K splits add up inside a thread-block cluster, not through `partial`
 };
 
 // The Hopper GEMM's block (weight_only_wgmma.cuh): one warpgroup, two 64-row wgmma tiles (128 weight rows); two
@@ -53,9 +54,8 @@ constexpr int kWgmmaWarps = 4;
 constexpr int kWgmmaRows = kWgmmaWarps * 2 * 16;
 constexpr int kWgmmaBlocksPerSm = 2;
 
-// wgmma: the plan of the Hopper GEMM (its rows per block and blocks per SM).
-inline GemmPlan plan_weight_only_gemm(const GemvArgs& a, bool wgmma = false) {
-  const int rows_per_block = wgmma ? kWgmmaRows : kGemmRows;
+// The plan of a GEMM whose blocks cover rows_per_block weight rows, blocks_per_sm of them resident per SM.
+inline GemmPlan plan_weight_only_gemm(const GemvArgs& a, int rows_per_block = kGemmRows, int blocks_per_sm = 1) {
   GemmPlan p;
   p.mt = a.M <= 16 ? 16 : a.M <= 32 ? 32 : 64;
   p.chunks = (a.M + p.mt - 1) / p.mt;
@@ -64,11 +64,20 @@ inline GemmPlan plan_weight_only_gemm(const GemvArgs& a, bool wgmma = false) {
   if (a.ksplit > 0) {
     s = a.ksplit;
   } else {
-    s = sm_count(a) * (wgmma ? kWgmmaBlocksPerSm : 1) / (p.blocks_n * p.chunks);
+    s = sm_count(a) * blocks_per_sm / (p.blocks_n * p.chunks);
     if (s > a.tiles_k / 2) s = a.tiles_k / 2;
   }
   if (s > a.tiles_k) s = a.tiles_k;
   p.splits = s > 1 ? s : 1;
+  return p;
+}
+// Two K splits of the Hopper GEMM add up in a cluster of their two blocks (H100, same-run sweep: 8192x8192 M=128
+// 44 vs 50 us); more go through the global workspace -- clusters of 4 or 8 did not all fit at once (8192x8192
+// M=64, 4 splits: 41 vs 34 us).
+constexpr int kMaxClusterSplits = 2;
+inline GemmPlan plan_weight_only_wgmma(const GemvArgs& a) {
+  GemmPlan p = plan_weight_only_gemm(a, kWgmmaRows, kWgmmaBlocksPerSm);
+  p.cluster = p.splits > 1 && p.splits <= kMaxClusterSplits;
   return p;
 }
 

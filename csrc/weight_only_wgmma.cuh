@@ -7,8 +7,8 @@
 // rows of x and runs asynchronously.
 //
 // Block: one warpgroup, two m64 tiles = 8 bands of 16 weight rows (warp w: bands w and 4 + w), one chunk of
-// MT = N rows of x (16, 32 or 64), a range of K tiles (split K over blockIdx.y with the mma.sync GEMM's fixed-order
-// reduction). Two blocks per SM: ptxas serializes every wgmma of a warpgroup when other instructions write wgmma
+// MT = N rows of x (16, 32 or 64), a range of K tiles (split K over blockIdx.y: two splits add up in a cluster of
+// their two blocks, more through the mma.sync GEMM's fixed-order reduction in a global workspace). Two blocks per SM: ptxas serializes every wgmma of a warpgroup when other instructions write wgmma
 // inputs while one is in flight, so a warpgroup's dequantization cannot overlap its own wgmmas (it waits for them
 // before the next tile); the other block's can. Per K tile, a 4-stage cp.async ring in shared memory holds every
 // warp's band tiles (each lane its own 2 x 16 bytes per band) and the x tile in wgmma's canonical K-major layout
@@ -39,6 +39,59 @@ template <int N>
 __device__ __forceinline__ void fence_registers(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Thread-block clusters (the K splits of a row block): barrier, rank, and loads from another block's shared memory.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ float4 load_cluster_f4(uint32_t smem_addr, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr), "r"(rank));
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(remote)
+               : "memory");
+  return v;
+}
+
+// Split K on Hopper: the `splits` blocks of a row block are one cluster (dims 1 x splits x 1). Each puts its fp32
+// partial sums [MT][ROWS] in its own shared memory (the pipeline's, free by now); after a cluster barrier, block r
+// adds up every q-th group of four outputs (q = r, r + splits, ...) from all blocks' shared memory in split order --
+// deterministic -- and writes them. No global workspace, atomics or fences, and all blocks share the sum (the
+// last-arriving-block scheme of gemm_store reads every split from L2 in one block: 8192x8192 M=64 on an H100,
+// splits 4 -> 8 cost 10 us).
+template <typename T, int MT, int ROWS, int THREADS, class Outputs>
+__device__ __forceinline__ void cluster_store(const Outputs& each_output, float* red, T* __restrict__ out, int M, int N,
+                                              int m0, int n0, int splits) {
+  constexpr int LD = ROWS + 4;  // row stride: the accumulators' (g, tig) stores hit 32 different banks
+  __syncthreads();  // every warp is done with the pipeline's shared memory
+  each_output([&](bool, int n, int m, float v) { red[m * LD + n - n0] = v; });
+  cluster_sync();
+  const uint32_t rank = cluster_rank();
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(red));
+  for (int q = int(rank) * THREADS + threadIdx.x; q < MT * ROWS / 4; q += splits * THREADS) {
+    const int m = q / (ROWS / 4), n = (q % (ROWS / 4)) * 4;
+    float4 v[kMaxClusterSplits];
+#pragma unroll
+    for (int sp = 0; sp < kMaxClusterSplits; ++sp)
+      if (sp < splits) v[sp] = load_cluster_f4(base + (m * LD + n) * 4, sp);
+    float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int sp = 0; sp < kMaxClusterSplits; ++sp) {
+      if (sp < splits) sum[0] += v[sp].x, sum[1] += v[sp].y, sum[2] += v[sp].z, sum[3] += v[sp].w;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (m0 + m < M && n0 + n + e < N) out[(size_t)(m0 + m) * N + n0 + n + e] = from_float<T>(sum[e]);
+  }
+  cluster_sync();  // the others have read this block's sums before it exits
 }
 
 // B operand descriptor of an x atom (MT rows x 64 columns): K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
@@ -218,17 +271,21 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
   fence_registers(acc[1]);
 
   // acc[t][4 i + r]: weight row g (r < 2) or g + 8 of band t; x row 8 i + 2 tig + (r & 1) of the chunk
-  gemm_store<T, MT, kWgmmaRows, THREADS>(
-      [&](auto&& f) {
+  const auto each_output = [&](auto&& f) {
 #pragma unroll
-        for (int t = 0; t < 2; ++t)
+    for (int t = 0; t < 2; ++t)
 #pragma unroll
-          for (int i = 0; i < MT / 8; ++i)
+      for (int i = 0; i < MT / 8; ++i)
 #pragma unroll
-            for (int r = 0; r < 4; ++r)
-              f(valid[t], band[t] * 16 + g + (r >= 2 ? 8 : 0), 8 * i + 2 * tig + (r & 1), acc[t][4 * i + r]);
-      },
-      out, partial, arrivals, M, N, n_bands * 16, m0, split, splits);
+        for (int r = 0; r < 4; ++r)
+          f(valid[t], band[t] * 16 + g + (r >= 2 ? 8 : 0), 8 * i + 2 * tig + (r & 1), acc[t][4 * i + r]);
+  };
+  if (splits > 1 && partial == nullptr) {  // a cluster launch (GemmPlan::cluster)
+    cluster_store<T, MT, kWgmmaRows, THREADS>(each_output, reinterpret_cast<float*>(smem_ptr), out, M, N, m0,
+                                              blockIdx.x * kWgmmaRows, splits);
+  } else {
+    gemm_store<T, MT, kWgmmaRows, THREADS>(each_output, out, partial, arrivals, M, N, n_bands * 16, m0, split, splits);
+  }
 #else
   __trap();  // built for a GPU without wgmma: the binding launches this only on sm_90
 #endif
@@ -264,22 +321,46 @@ __global__ void permute_x_kernel(const T* __restrict__ x, T* __restrict__ xp, in
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, int MT>
 cudaError_t launch_wgmma_typed(const GemvArgs& a, const GemmPlan& p, cudaStream_t stream) {
   const size_t smem = wgmma_smem_bytes(a.fmt, p.mt);
-  if (smem > size_t(a.max_smem) || a.x_perm == nullptr) return cudaErrorInvalidValue;
+  // the cluster sum reuses the pipeline's shared memory for [MT][kWgmmaRows + 4] fp32
+  static_assert(kGemmStages * (MT * FormatTraits<FMT>::kBlockK * 2 + kWgmmaWarps * 2 * 1024) >= MT * (kWgmmaRows + 4) * 4,
+                "cluster sum space");
+  if (smem > size_t(a.max_smem) || a.x_perm == nullptr || p.mt != MT || (p.cluster && p.splits > kMaxClusterSplits))
+    return cudaErrorInvalidValue;
   auto kernel = weight_only_wgmma_kernel<T, FMT, SPC, SK, HAS_ZP, MT>;
-  const cudaError_t err = prepare_gemm_launch(kernel, smem, a, p);
+  const cudaError_t err = p.cluster ? (smem > 48 * 1024 ? cudaFuncSetAttribute(
+                                                              kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))
+                                                        : cudaSuccess)
+                                    : prepare_gemm_launch(kernel, smem, a, p);
   if (err != cudaSuccess) return err;
   const size_t units = size_t(a.M) * a.tiles_k * (FormatTraits<FMT>::kBlockK / 8);
   const int perm_blocks = int(std::min<size_t>((units + 255) / 256, size_t(4) * sm_count(a)));
   permute_x_kernel<T, FMT><<<perm_blocks, 256, 0, stream>>>(static_cast<const T*>(a.x), static_cast<T*>(a.x_perm), a.M,
                                                               a.K, a.tiles_k);
-  return launch_gemm_grid<T>(kernel, kWgmmaWarps * 32, smem, a.x_perm, a, p, stream);
+  if (!p.cluster) return launch_gemm_grid<T>(kernel, kWgmmaWarps * 32, smem, a.x_perm, a, p, stream);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(p.blocks_n, p.splits, p.chunks);
+  config.blockDim = dim3(kWgmmaWarps * 32);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = 1;
+  cluster[0].val.clusterDim.y = unsigned(p.splits);  // the K splits of a row block add up in the cluster
+  cluster[0].val.clusterDim.z = 1;
+  config.attrs = cluster;
+  config.numAttrs = 1;
+  // partial == nullptr tells the kernel to add up in the cluster
+  return cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(a.x_perm), static_cast<const uint4*>(a.w),
+                            static_cast<const uint8_t*>(a.scales), a.zeros, a.alpha, static_cast<T*>(a.out),
+                            static_cast<float*>(nullptr), static_cast<int*>(nullptr), a.M, a.N, a.K, a.G,
+                            a.group_shift, a.tiles_k, a.n_pad / 16, p.splits);
 }
 
 struct WgmmaLauncher {
   // POST is ignored: the weights are always scaled as they are dequantized
   template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST>
   static cudaError_t run(const GemvArgs& a, cudaStream_t stream) {
-    const GemmPlan p = plan_weight_only_gemm(a, true);
+    const GemmPlan p = plan_weight_only_wgmma(a);
     switch (p.mt) {
       case 16: return launch_wgmma_typed<T, FMT, SPC, SK, HAS_ZP, 16>(a, p, stream);
       case 32: return launch_wgmma_typed<T, FMT, SPC, SK, HAS_ZP, 32>(a, p, stream);

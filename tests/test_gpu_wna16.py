@@ -121,7 +121,8 @@ def test_cuda_gemv_matches_emulation():
 
 def test_cuda_gemv_split_choices():
     """Every path of the CUDA op (GEMV: 16 rows of x per launch; GEMM: x shared by a block, K split over blocks; on
-    sm_90 the wgmma GEMM, 128 weight rows per block) and every K split give the same answer (the sweep
+    sm_90 the wgmma GEMM, 128 weight rows per block, two K splits added up in a thread-block cluster, more through the
+    global workspace) and every K split give the same answer (the sweep
     times them); N=264 is an odd band count (one band per GEMV
     warp; a GEMM block of 256 rows plus a partial one), N=256 an even one; K=1152 is 9 tiles of 4-bit, split
     unevenly; M=130 is three chunks of the GEMMs."""
