@@ -26,6 +26,16 @@ namespace quantops {
 // row g; t and t+2 would share banks (64 bytes apart), as would rows g and g+1 (a row is 128 or 256 bytes).
 __device__ __forceinline__ int x_unit(int u, int r) { return u ^ (((u >> 3) & 1) << 1) ^ (r & 1); }
 
+// K tiles [first, first + count) of split `split` out of `splits` (the last ones may get fewer, or none).
+struct KRange {
+  int first, count;
+};
+__device__ __forceinline__ KRange k_split_range(int tiles_k, int splits, int split) {
+  const int per = (tiles_k + splits - 1) / splits;
+  const int first = split * per;
+  return {first, max(0, min(tiles_k, first + per) - first)};
+}
+
 // The end of a GEMM block (here and weight_only_wgmma.cuh). each_output(f) calls f(valid band, weight row n, chunk
 // row m, value) for every accumulator. One split: the values go straight to `out`. Several: fp32 partial sums
 // [chunk][split][MT][n_pad]; the last block of a row block to arrive (a counter per row block and chunk, zeroed by
@@ -114,9 +124,8 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
   const int tig = lane & 3;
   const int m0 = blockIdx.z * MT;
   const int split = blockIdx.y;
-  const int per = (tiles_k + splits - 1) / splits;
-  const int first = split * per;
-  const int count = max(0, min(tiles_k, first + per) - first);
+  const KRange kr = k_split_range(tiles_k, splits, split);
+  const int first = kr.first, count = kr.count;
   const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
 
   int band[NT];
@@ -255,19 +264,32 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
 // plan p over x (x itself, or its permuted copy).
 template <class Kernel>
 cudaError_t prepare_gemm_launch(Kernel kernel, size_t smem, const GemvArgs& a, const GemmPlan& p) {
-  if (p.splits > 1 && (a.partial == nullptr || a.arrivals == nullptr)) return cudaErrorInvalidValue;
+  if (p.splits > 1 && !p.cluster && (a.partial == nullptr || a.arrivals == nullptr)) return cudaErrorInvalidValue;
   if (smem <= 48 * 1024) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
 }
 
+// A cluster plan (Hopper GEMM only) launches the K splits of a row block as one cluster and passes no workspace:
+// partial == nullptr with splits > 1 is how the kernel knows to add up in the cluster.
 template <typename T, class Kernel>
 cudaError_t launch_gemm_grid(Kernel kernel, int threads, size_t smem, const void* x, const GemvArgs& a,
                              const GemmPlan& p, cudaStream_t stream) {
-  kernel<<<dim3(p.blocks_n, p.splits, p.chunks), threads, smem, stream>>>(
-      static_cast<const T*>(x), static_cast<const uint4*>(a.w), static_cast<const uint8_t*>(a.scales), a.zeros,
-      a.alpha, static_cast<T*>(a.out), a.partial, a.arrivals, a.M, a.N, a.K, a.G, a.group_shift, a.tiles_k,
-      a.n_pad / 16, p.splits);
-  return cudaGetLastError();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(p.blocks_n, p.splits, p.chunks);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = 1;
+  cluster[0].val.clusterDim.y = unsigned(p.splits);
+  cluster[0].val.clusterDim.z = 1;
+  config.attrs = cluster;
+  config.numAttrs = p.cluster ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(x), static_cast<const uint4*>(a.w),
+                            static_cast<const uint8_t*>(a.scales), a.zeros, a.alpha, static_cast<T*>(a.out),
+                            p.cluster ? nullptr : a.partial, p.cluster ? nullptr : a.arrivals, a.M, a.N, a.K, a.G,
+                            a.group_shift, a.tiles_k, a.n_pad / 16, p.splits);
 }
 
 template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, bool POST, int MH>

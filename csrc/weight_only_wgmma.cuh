@@ -6,18 +6,18 @@
 // past M ~ 16 it is bound by issue slots, not bytes. One wgmma m64nNk16 takes the same A registers for N = 16..64
 // rows of x and runs asynchronously.
 //
-// Block: one warpgroup, two m64 tiles = 8 bands of 16 weight rows (warp w: bands w and 4 + w), one chunk of
-// MT = N rows of x (16, 32 or 64), a range of K tiles (split K over blockIdx.y: two splits add up in a cluster of
-// their two blocks, more through the mma.sync GEMM's fixed-order reduction in a global workspace). Two blocks per SM: ptxas serializes every wgmma of a warpgroup when other instructions write wgmma
-// inputs while one is in flight, so a warpgroup's dequantization cannot overlap its own wgmmas (it waits for them
-// before the next tile); the other block's can. Per K tile, a 4-stage cp.async ring in shared memory holds every
-// warp's band tiles (each lane its own 2 x 16 bytes per band) and the x tile in wgmma's canonical K-major layout
-// with the 128-byte swizzle (rows of 64 columns = 128 bytes; 16-byte unit u of row r at u ^ (r % 8)).
-// k order: the tiled weights give a lane 32 consecutive columns ("the MMA's k order inside a step is free as long
-// as A and B agree"), so real column tig * VPC + 4 * step + 2 * hi + e (e = 0, 1) is k index 16 * step + 8 * hi +
-// 2 * tig + e of the wgmma. x is put in that order once per call (permute_x_kernel, a copy of x), so that the blocks
-// -- each reads x once per 128 weight rows -- copy whole 16-byte units, not four times as many 4-byte ones.
-// The weights are scaled as they are dequantized (one rounding to T), for every group size.
+// Block: one warpgroup, two m64 tiles = 8 bands of 16 weight rows (warp w: bands w and 4 + w), one chunk of MT = N rows
+// of x (16, 32 or 64), a range of K tiles (split K over blockIdx.y: two splits add up in a cluster of their two blocks,
+// more through the mma.sync GEMM's fixed-order reduction in a global workspace). Two blocks per SM: ptxas serializes
+// every wgmma of a warpgroup when other instructions write wgmma inputs while one is in flight, so a warpgroup's
+// dequantization cannot overlap its own wgmmas (it waits for them before the next tile); the other block's can. Per K
+// tile, a 4-stage cp.async ring in shared memory holds every warp's band tiles (each lane its own 2 x 16 bytes per
+// band) and the x tile in wgmma's canonical K-major layout with the 128-byte swizzle (rows of 64 columns = 128 bytes;
+// 16-byte unit u of row r at u ^ (r % 8)). k order: the tiled weights give a lane 32 consecutive columns ("the MMA's k
+// order inside a step is free as long as A and B agree"), so real column tig * VPC + 4 * step + 2 * hi + e (e = 0, 1)
+// is k index 16 * step + 8 * hi + 2 * tig + e of the wgmma. x is put in that order once per call (permute_x_kernel, a
+// copy of x), so that the blocks -- each reads x once per 128 weight rows -- copy whole 16-byte units, not four times
+// as many 4-byte ones. The weights are scaled as they are dequantized (one rounding to T), for every group size.
 #pragma once
 
 #include <algorithm>
@@ -168,9 +168,8 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
   const int tig = lane & 3;
   const int m0 = blockIdx.z * MT;
   const int split = blockIdx.y;
-  const int per = (tiles_k + splits - 1) / splits;
-  const int first = split * per;
-  const int count = max(0, min(tiles_k, first + per) - first);
+  const KRange kr = k_split_range(tiles_k, splits, split);
+  const int first = kr.first, count = kr.count;
   const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
 
   int band[2];
@@ -280,7 +279,7 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
         for (int r = 0; r < 4; ++r)
           f(valid[t], band[t] * 16 + g + (r >= 2 ? 8 : 0), 8 * i + 2 * tig + (r & 1), acc[t][4 * i + r]);
   };
-  if (splits > 1 && partial == nullptr) {  // a cluster launch (GemmPlan::cluster)
+  if (splits > 1 && partial == nullptr) {  // a cluster launch (GemmPlan::cluster, launch_gemm_grid)
     cluster_store<T, MT, kWgmmaRows, THREADS>(each_output, reinterpret_cast<float*>(smem_ptr), out, M, N, m0,
                                               blockIdx.x * kWgmmaRows, splits);
   } else {
@@ -322,38 +321,19 @@ template <typename T, int FMT, int SPC, int SK, bool HAS_ZP, int MT>
 cudaError_t launch_wgmma_typed(const GemvArgs& a, const GemmPlan& p, cudaStream_t stream) {
   const size_t smem = wgmma_smem_bytes(a.fmt, p.mt);
   // the cluster sum reuses the pipeline's shared memory for [MT][kWgmmaRows + 4] fp32
-  static_assert(kGemmStages * (MT * FormatTraits<FMT>::kBlockK * 2 + kWgmmaWarps * 2 * 1024) >= MT * (kWgmmaRows + 4) * 4,
+  static_assert(kGemmStages * (MT * FormatTraits<FMT>::kBlockK * 2 + kWgmmaWarps * 2 * 1024) >=
+                    MT * (kWgmmaRows + 4) * 4,
                 "cluster sum space");
   if (smem > size_t(a.max_smem) || a.x_perm == nullptr || p.mt != MT || (p.cluster && p.splits > kMaxClusterSplits))
     return cudaErrorInvalidValue;
   auto kernel = weight_only_wgmma_kernel<T, FMT, SPC, SK, HAS_ZP, MT>;
-  const cudaError_t err = p.cluster ? (smem > 48 * 1024 ? cudaFuncSetAttribute(
-                                                              kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))
-                                                        : cudaSuccess)
-                                    : prepare_gemm_launch(kernel, smem, a, p);
+  const cudaError_t err = prepare_gemm_launch(kernel, smem, a, p);
   if (err != cudaSuccess) return err;
   const size_t units = size_t(a.M) * a.tiles_k * (FormatTraits<FMT>::kBlockK / 8);
   const int perm_blocks = int(std::min<size_t>((units + 255) / 256, size_t(4) * sm_count(a)));
   permute_x_kernel<T, FMT><<<perm_blocks, 256, 0, stream>>>(static_cast<const T*>(a.x), static_cast<T*>(a.x_perm), a.M,
                                                               a.K, a.tiles_k);
-  if (!p.cluster) return launch_gemm_grid<T>(kernel, kWgmmaWarps * 32, smem, a.x_perm, a, p, stream);
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(p.blocks_n, p.splits, p.chunks);
-  config.blockDim = dim3(kWgmmaWarps * 32);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute cluster[1];
-  cluster[0].id = cudaLaunchAttributeClusterDimension;
-  cluster[0].val.clusterDim.x = 1;
-  cluster[0].val.clusterDim.y = unsigned(p.splits);  // the K splits of a row block add up in the cluster
-  cluster[0].val.clusterDim.z = 1;
-  config.attrs = cluster;
-  config.numAttrs = 1;
-  // partial == nullptr tells the kernel to add up in the cluster
-  return cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(a.x_perm), static_cast<const uint4*>(a.w),
-                            static_cast<const uint8_t*>(a.scales), a.zeros, a.alpha, static_cast<T*>(a.out),
-                            static_cast<float*>(nullptr), static_cast<int*>(nullptr), a.M, a.N, a.K, a.G,
-                            a.group_shift, a.tiles_k, a.n_pad / 16, p.splits);
+  return launch_gemm_grid<T>(kernel, kWgmmaWarps * 32, smem, a.x_perm, a, p, stream);
 }
 
 struct WgmmaLauncher {
