@@ -9,7 +9,8 @@
 # default 240); BENCH_SECONDS (default 120); SCHEMES/SHAPES (bench: default W4A16 on square-8192,llama3-8b) and
 # SCHEMES2/SHAPES2 (bench2: the other weight-only schemes on square-8192); MS (batch sizes); BENCH_ARGS (extra
 # arguments of the first bench, e.g. "--kernels Gemv"); TEST_K (a pytest -k expression for the tests); SWEEP_MS
-# and SWEEP_TIMEOUT (the sweep's batch sizes, default 1,4,8,16,32,64,128,256, and time limit, default 120 s).
+# and SWEEP_TIMEOUT (the sweep's batch sizes, default 1,4,8,16,32,64,128,256, and time limit, default 120 s);
+# SWEEP_PATHS / SWEEP_SPLITS (the op's paths and K splits the sweep times, default 0,1,2 and 0,1,2,4,8).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"

@@ -2,7 +2,7 @@
 splitting K), the GEMM (x shared by a block, K split over blocks) and, on sm_90, the wgmma GEMM -- for each launch
 shape against bf16 F.linear, and report bytes moved per microsecond against the measured copy bandwidth.
 
-    [SWEEP_MS=16,32,64] python benchmarks/wna16_gemv_sweep.py [--out DIR]
+    [SWEEP_MS=16,32,64] [SWEEP_PATHS=0,1,2] [SWEEP_SPLITS=0,1,2,4,8] python benchmarks/wna16_gemv_sweep.py [--out DIR]
 
 Protocol as `quantops bench`: CUDA graphs over weight copies rotated so that no call finds its weight in L2,
 median of triton.testing.do_bench. Bytes = packed weights + scales (+ zeros) + x + out, each once.
@@ -26,9 +26,11 @@ from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 EXTRA = ["NVFP4A16", "MXFP4A16", "W8A16", "MXFP8A16", "W4A16_ASYM"]  # on 8192x8192 only
 MS = [int(m) for m in os.environ.get("SWEEP_MS", "1,4,8,16,32,64,128,256").split(",")]
-SPLITS = [0, 1, 2, 4, 8]  # GEMV: warps per block splitting K; GEMM: blocks splitting K (0: the launcher's choice)
+# GEMV: warps per block splitting K; GEMM: blocks splitting K (0: the launcher's choice)
+SPLITS = [int(s) for s in os.environ.get("SWEEP_SPLITS", "0,1,2,4,8").split(",")]
 GEMV, GEMM, WGMMA = 0, 1, 2
 PATH_NAMES = {GEMV: "gemv", GEMM: "gemm", WGMMA: "wgmma"}
+PATHS = [int(p) for p in os.environ.get("SWEEP_PATHS", "0,1,2").split(",")]  # a subset, for a quicker run
 FLUSH = 256 << 20
 
 
@@ -60,10 +62,11 @@ def configs(name: str, n: int, k: int, m: int) -> list[tuple[int, int]]:
     """(path, ksplit) to time: the GEMV up to 16 rows (32 to see the crossing), the GEMM from 8, on sm_90 the wgmma
     GEMM from 8; every split on the W4A16 shapes, the launcher's choice for the other formats."""
     every = name == "W4A16"
-    out = [(GEMV, ks) for ks in (SPLITS if every else [0]) if m <= 32]
-    out += [(GEMM, ks) for ks in (SPLITS if every else [0]) if m >= 8]
+    splits = SPLITS if every else [0]
+    out = [(GEMV, ks) for ks in splits if m <= 32 and GEMV in PATHS]
+    out += [(GEMM, ks) for ks in splits if m >= 8 and GEMM in PATHS]
     if torch.cuda.get_device_capability() == (9, 0):
-        out += [(WGMMA, ks) for ks in (SPLITS if every else [0]) if m >= 8]
+        out += [(WGMMA, ks) for ks in splits if m >= 8 and WGMMA in PATHS]
     return out
 
 

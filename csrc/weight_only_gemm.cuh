@@ -270,22 +270,33 @@ cudaError_t prepare_gemm_launch(Kernel kernel, size_t smem, const GemvArgs& a, c
 }
 
 // A cluster plan (Hopper GEMM only) launches the K splits of a row block as one cluster and passes no workspace:
-// partial == nullptr with splits > 1 is how the kernel knows to add up in the cluster.
+// partial == nullptr with splits > 1 is how the kernel knows to add up in the cluster. after_primary (Hopper GEMM):
+// a programmatic dependent launch -- the grid may start before the kernel ahead of it on the stream has finished;
+// the kernel waits for it (griddepcontrol.wait) before reading x.
 template <typename T, class Kernel>
 cudaError_t launch_gemm_grid(Kernel kernel, int threads, size_t smem, const void* x, const GemvArgs& a,
-                             const GemmPlan& p, cudaStream_t stream) {
+                             const GemmPlan& p, cudaStream_t stream, bool after_primary = false) {
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(p.blocks_n, p.splits, p.chunks);
   config.blockDim = dim3(threads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute cluster[1];
-  cluster[0].id = cudaLaunchAttributeClusterDimension;
-  cluster[0].val.clusterDim.x = 1;
-  cluster[0].val.clusterDim.y = unsigned(p.splits);
-  cluster[0].val.clusterDim.z = 1;
-  config.attrs = cluster;
-  config.numAttrs = p.cluster ? 1 : 0;
+  cudaLaunchAttribute attrs[2];
+  unsigned n = 0;
+  if (p.cluster) {
+    attrs[n].id = cudaLaunchAttributeClusterDimension;
+    attrs[n].val.clusterDim.x = 1;
+    attrs[n].val.clusterDim.y = unsigned(p.splits);
+    attrs[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  if (after_primary) {
+    attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  config.attrs = attrs;
+  config.numAttrs = n;
   return cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(x), static_cast<const uint4*>(a.w),
                             static_cast<const uint8_t*>(a.scales), a.zeros, a.alpha, static_cast<T*>(a.out),
                             p.cluster ? nullptr : a.partial, p.cluster ? nullptr : a.arrivals, a.M, a.N, a.K, a.G,

@@ -19,7 +19,7 @@ import torch
 
 from quantops import get_scheme, quantize_weight
 from quantops.formats import representable
-from quantops.kernels.base import LinearConfig
+from quantops.kernels.base import LinearConfig, needs_library
 from quantops.kernels.emulation import EmulationKernel
 from quantops.kernels.registry import select_kernel
 
@@ -191,9 +191,11 @@ def test_fbgemm_int4_matches_emulation():
 )
 def test_no_sync_and_cuda_graph(spec):
     cls = load(spec)
-    n, k = 512, 1024
-    # M=40: the CUDA kernel's GEMM path, with K split over blocks (a workspace and arrival counters per call)
-    for name, m in itertools.product(("W4A16_ASYM", "NVFP4A16"), (8, 40)):
+    k = 1024
+    # M=40: the CUDA kernel's GEMM path, with K split over blocks (a workspace and arrival counters per call); on an
+    # H100/H200, 4096 rows at M=130 split K in two: the wgmma GEMM's cluster sum. Under capture, its launch after the
+    # x permute kernel (a programmatic dependent launch) must still see the new x on replay.
+    for name, (n, m) in itertools.product(("W4A16_ASYM", "NVFP4A16"), ((512, 8), (512, 40), (4096, 130))):
         scheme, tensors = layer(name, {"actorder": True, "group_size": 128} if name == "W4A16_ASYM" else {}, n, k)
         kernel = cls(LinearConfig(scheme, n, k, BF16))
         prepared = kernel.prepare(tensors)
@@ -247,6 +249,12 @@ def test_registry_plan_on_this_gpu():
     sel = select_kernel("W4A16", N=4096, K=4096, device=DEV)
     assert sel.for_m(8).kernel_name() == "WeightOnlyGemvCudaKernel", str(sel)
     assert sel.for_m(4096).kernel_name() == "WeightOnlyDequantCublasKernel", str(sel)
+    if torch.cuda.get_device_capability() == (9, 0) and needs_library("fbgemm")[0]:
+        # past 32 rows the op's wgmma GEMM is ranked above FBGEMM only for large layers (to M=128)
+        assert sel.for_m(64).kernel_name() == "Int4RowwiseFbgemmKernel", str(sel)
+        big = select_kernel("W4A16", N=28672, K=4096, device=DEV)
+        assert [big.for_m(m).kernel_name() for m in (64, 128, 129)] == [
+            "WeightOnlyGemvCudaKernel", "WeightOnlyGemvCudaKernel", "Int4RowwiseFbgemmKernel"], str(big)
     sel = select_kernel("NVFP4", N=4096, K=4096, device=DEV)
     if torch.cuda.get_device_capability() < (10, 0):
         assert sel.for_m(1).kernel_name() == "WeightOnlyGemvCudaKernel", str(sel)

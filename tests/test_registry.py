@@ -266,6 +266,42 @@ def test_m_plan_from_ranking_entries(monkeypatch):
         select_kernel("W8A8", N=64, K=128, dtype=torch.bfloat16, device="cpu")
 
 
+def test_layer_size_condition_in_ranking_entries(monkeypatch):
+    """"nk>=W" ranks an entry only for layers of at least W weights; smaller ones get the next candidate, with the
+    reason; an unknown condition is an error that names it."""
+    table = dict(ranking.RANKING)
+    table["int8"] = {"cpu": [
+        "emulation:EmulationKernel@m<=16,nk>=10e3",
+        "cpu_int8:Int8IntMMCpuKernel",
+        ranking.EMULATION,
+    ]}
+    monkeypatch.setattr(registry, "RANKING", table)
+    big = select_kernel("W8A8", N=64, K=256, dtype=torch.bfloat16, device="cpu")  # 16384 weights
+    assert big.plan_str() == "EmulationKernel (M<=16), Int8IntMMCpuKernel (M>=17)"
+    small = select_kernel("W8A8", N=32, K=256, dtype=torch.bfloat16, device="cpu")  # 8192 weights
+    assert small.plan_str() == "Int8IntMMCpuKernel"
+    assert small.rejected[0] == (
+        "EmulationKernel", "ranked here at M<=16 for layers of at least 0.01M weights; this one has 0.00819M")
+    table["int8"] = {"cpu": ["emulation:EmulationKernel@n>=4", ranking.EMULATION]}
+    with pytest.raises(ValueError, match="unknown condition 'n>=4'"):
+        select_kernel("W8A8", N=32, K=256, dtype=torch.bfloat16, device="cpu")
+
+
+def test_wna16_hopper_plan_by_layer_size():
+    """On sm_90 with FBGEMM, the CUDA op's wgmma GEMM keeps 33..128 rows only on large layers (ranking.py's
+    numbers): Llama-3-8B's o projection hands over to FBGEMM at 33, its MLP layers at 129."""
+    libs = ["fbgemm", "triton", "quantops_cuda"]
+    small = select_kernel("W4A16", N=4096, K=4096, capability=90, libraries=libs)
+    big = select_kernel("W4A16", N=4096, K=14336, capability=90, libraries=libs)
+    assert small.plan_str() == ("WeightOnlyGemvCudaKernel (M<=32), Int4RowwiseFbgemmKernel (33<=M<=2048), "
+                                "WeightOnlyDequantCublasKernel (M>=2049)")
+    assert big.plan_str() == ("WeightOnlyGemvCudaKernel (M<=128), Int4RowwiseFbgemmKernel (129<=M<=2048), "
+                              "WeightOnlyDequantCublasKernel (M>=2049)")
+    # where FBGEMM cannot run (fp16 activations), the op keeps 33..128 on small layers too
+    fp16 = select_kernel("W4A16", N=4096, K=4096, dtype=torch.float16, capability=90, libraries=libs)
+    assert fp16.plan_str() == "WeightOnlyGemvCudaKernel (M<=128), WeightOnlyDequantCublasKernel (M>=129)"
+
+
 # -- batch invariance -----------------------------------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 Entries are "module:Class" under quantops.kernels, imported only when a selection needs them (a missing
 optional library is then a rejection reason, not an ImportError). An entry may carry "@m<=T": it is a
-candidate only for batches of at most T rows, and the registry builds an M plan (decode vs prefill) from it.
+candidate only for batches of at most T rows, and the registry builds an M plan (decode vs prefill) from it;
+and "nk>=W" (comma-separated after it): only for layers of at least W weights (N * K), where one kernel's lead
+over another depends on the layer's size.
 Every list ends with the family's emulation kernel: the numerical reference, and the last resort.
 
 Why this order (numbers from `quantops bench` on the device named) is written beside each list.
@@ -64,14 +66,19 @@ RANKING: dict[str, dict[str, list[str]]] = {
     # INT4 / INT8 weight-only (W4A16, W4A16_ASYM, W8A16)
     "wna16": {
         # H200 (`quantops bench`, eager, L2-cold, geo-mean over 8192x8192 + Llama-3-8B layers, ratio to bf16):
-        # the CUDA op up to M=64: its GEMV to 16 rows (W4A16 2.26x at M=1, 1.62x at 16; tinygemm 1.83x / 0.52x,
-        # kept as its fallback), its wgmma GEMM above on Hopper (1.37x at 32 vs FBGEMM bf16i4 0.89x, faster on all
-        # 5 layers; 0.99x at 64 vs 0.84x, faster on the three large layers, slower on qkv / o; 0.76x at 128 vs
-        # 0.79x); FBGEMM bf16i4 0.8-1.0x for 65..2048 (int4 groups, bf16); where FBGEMM cannot run (W8A16, fp16,
-        # act-order) the CUDA op up to 128 (W8A16 8192^2 1.03x at 64, 0.67x at 128 vs dequantize + cuBLAS 0.42x),
-        # then dequantize + cuBLAS (0.90-0.94x at M>=2048).
+        # the CUDA op's GEMV to 16 rows (W4A16 2.26x at M=1, 1.62x at 16; tinygemm 1.83x / 0.52x, kept as its
+        # fallback), its wgmma GEMM above on Hopper: at 32 it beats FBGEMM bf16i4 on all 5 layers (1.39 vs 0.89x);
+        # past 32 only on large layers (docs/results/h200_pdl_bench_w4a16.csv, op vs FBGEMM at M=64 / 128):
+        #   8192x8192 (67M weights) 1.32 / 0.94 vs 1.15 / 0.97    gate_up 28672x4096 (117M) 1.54 / 0.86 vs 0.88 / 0.79
+        #   down 4096x14336 (59M)   1.19 / 0.87 vs 0.69 / 0.66    qkv 6144x4096 (25M)       0.86 / 0.73 vs 0.89 / 0.77
+        #   o 4096x4096 (17M)       0.66 / 0.68 vs 0.70 / 0.74
+        # so the op keeps 33..128 rows on layers of >= 40M weights (chosen geo-mean 1.09 / 0.83x at 64 / 128; the op
+        # alone 1.07 / 0.81x, FBGEMM alone 0.85 / 0.78x); FBGEMM bf16i4 for the rest up to 2048 (int4 groups, bf16);
+        # where FBGEMM cannot run (W8A16, fp16, act-order) the CUDA op up to 128 (W8A16 8192^2 1.11x at 64, 0.75x
+        # at 128 vs dequantize + cuBLAS 0.42x), then dequantize + cuBLAS (0.90-0.94x at M>=2048).
         "cuda": [
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=32",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128,nk>=40e6",
             "tinygemm_int4:Int4TinygemmKernel@m<=1",
             "fbgemm_int4:Int4RowwiseFbgemmKernel@m<=2048",
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",

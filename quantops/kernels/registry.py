@@ -30,6 +30,7 @@ class Candidate:
     spec: str  # "module:Class" or "<registered>:Name"
     max_m: int | None = None
     cls: type | None = None
+    min_weights: int | None = None  # a candidate only for layers of at least this many weights (N * K)
 
     @property
     def name(self) -> str:
@@ -51,9 +52,18 @@ class Candidate:
 
 
 def _parse(entry: str) -> Candidate:
-    spec, _, cond = entry.partition("@")
-    max_m = int(cond.split("<=")[1]) if cond else None
-    return Candidate(spec, max_m)
+    """"module:Class" with optional conditions after "@", comma-separated: "m<=T" (batches of at most T rows) and
+    "nk>=W" (layers of at least W weights, N * K; W may be written 40e6)."""
+    spec, _, conds = entry.partition("@")
+    max_m = min_weights = None
+    for cond in filter(None, (c.strip() for c in conds.split(","))):
+        if cond.startswith("m<="):
+            max_m = int(cond[3:])
+        elif cond.startswith("nk>="):
+            min_weights = int(float(cond[4:]))
+        else:
+            raise ValueError(f"ranking entry {entry!r}: unknown condition {cond!r} (m<=T or nk>=W)")
+    return Candidate(spec, max_m, min_weights=min_weights)
 
 
 def platform_of(capability) -> str:
@@ -246,6 +256,10 @@ def select_kernel(
                 why = _reject_reason(cls, config, capability, forced, disabled)
             if why is None and cand.max_m is not None and cand.max_m <= covered:
                 why = f"M<={cand.max_m} already covered"
+            if why is None and cand.min_weights is not None and config.n * config.k < cand.min_weights:
+                rng = "" if cand.max_m is None else f" at M<={cand.max_m}"
+                why = (f"ranked here{rng} for layers of at least {cand.min_weights / 1e6:g}M weights; "
+                       f"this one has {config.n * config.k / 1e6:.3g}M")
             if why is not None:
                 if (name, why) not in rejected:  # a kernel ranked twice (two M ranges) is reported once
                     rejected.append((name, why))
