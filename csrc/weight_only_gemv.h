@@ -3,6 +3,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace quantops {
@@ -75,8 +76,19 @@ inline GemmPlan plan_weight_only_gemm(const GemvArgs& a, int rows_per_block = kG
 // 44 vs 50 us); more go through the global workspace -- clusters of 4 or 8 did not all fit at once (8192x8192
 // M=64, 4 splits: 41 vs 34 us).
 constexpr int kMaxClusterSplits = 2;
+// K splits of the Hopper GEMM (unless forced): two blocks per SM (both resident) while each split keeps at least 12 K
+// tiles, else one per SM -- at least two splits while the row blocks alone leave SMs idle. Filling both slots of every
+// SM on short K cost more in the split-K sum than it won (H200 sweep: 4096x4096 M=64 / M=128 17.4 / 18.9 us with 4 / 2
+// splits against 19.8 / 22.0 us with 8 / 4; 6144x4096 M=64 18.5 vs 20.9 us); long K keeps it (4096x14336 M=32:
+// 8 splits 24.0 us, 7 splits 25.2; M=128: 4 splits 46.6 us, 2 splits 49.9).
 inline GemmPlan plan_weight_only_wgmma(const GemvArgs& a) {
-  GemmPlan p = plan_weight_only_gemm(a, kWgmmaRows, kWgmmaBlocksPerSm);
+  GemmPlan p = plan_weight_only_gemm(a, kWgmmaRows, kWgmmaBlocksPerSm);  // p.splits: two blocks per SM
+  if (a.ksplit <= 0 && a.tiles_k < 12 * p.splits) {
+    const int blocks = p.blocks_n * p.chunks;
+    int s = sm_count(a) / blocks;
+    if (s < 2 && blocks < sm_count(a)) s = 2;
+    p.splits = std::max(1, std::min(s, a.tiles_k / 2));
+  }
   p.cluster = p.splits > 1 && p.splits <= kMaxClusterSplits;
   return p;
 }

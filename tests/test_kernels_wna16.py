@@ -325,6 +325,49 @@ def test_selection_plan_on_hopper(name):
 # -- csrc/ compiles (object files only) ---------------------------------------------------------------------
 
 
+def cuda_include() -> Path:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    roots = [CUDA_HOME, os.environ.get("CUDA_HOME"), "/usr/local/cuda", Path(shutil.which("nvcc")).resolve().parents[1]]
+    return next(Path(r, "include") for r in roots if r and Path(r, "include", "cuda_runtime.h").exists())
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("c++") is None, reason="nvcc or c++ not on PATH")
+def test_wgmma_gemm_plan(tmp_path):
+    """The Hopper GEMM's launch plan (csrc/weight_only_gemv.h, host code) on an H100/H200's 132 SMs: chunks of x rows,
+    K splits (two blocks per SM while each split keeps >= 12 K tiles, else one, at least two while SMs sit idle) and
+    whether the splits add up in a cluster (exactly two)."""
+    prog = tmp_path / "plan.cpp"
+    prog.write_text(
+        '#include <cstdio>\n#include "weight_only_gemv.h"\nusing namespace quantops;\n'
+        "int main(int argc, char** argv) {\n"
+        "  int shapes[][3] = {{8192, 8192, 0}, {6144, 4096, 0}, {4096, 4096, 0}, {28672, 4096, 0}, {4096, 14336, 0},"
+        " {8192, 8192, 1}, {4096, 4096, 3}};\n"
+        "  for (auto& s : shapes) for (int m : {17, 32, 64, 128, 200}) {\n"
+        "    GemvArgs a{}; a.M = m; a.N = s[0]; a.K = s[1]; a.n_pad = s[0]; a.fmt = s[2]; a.num_sms = 132;\n"
+        "    a.tiles_k = s[1] / (s[2] == kInt4 || s[2] == kFp4 ? 128 : 64);\n"
+        "    const GemmPlan p = plan_weight_only_wgmma(a);\n"
+        '    std::printf("%d %d %d %d: %d %d %d %d\\n", s[0], s[1], s[2], m, p.mt, p.chunks, p.splits, int(p.cluster));\n'
+        "  }\n}\n"
+    )
+    exe = tmp_path / "plan"
+    subprocess.run(["c++", "-std=c++17", f"-I{REPO / 'csrc'}", f"-I{cuda_include()}", str(prog), "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    got = dict(line.split(": ") for line in subprocess.run([str(exe)], check=True, capture_output=True,
+                                                          text=True).stdout.splitlines())
+    expect = {  # "N K fmt M": "mt chunks splits cluster"
+        "8192 8192 0 32": "32 1 4 0", "8192 8192 0 64": "64 1 4 0", "8192 8192 0 128": "64 2 2 1",
+        "8192 8192 0 200": "64 4 1 0",
+        "6144 4096 0 17": "32 1 2 1", "6144 4096 0 64": "64 1 2 1", "6144 4096 0 128": "64 2 2 1",
+        "4096 4096 0 32": "32 1 4 0", "4096 4096 0 64": "64 1 4 0", "4096 4096 0 128": "64 2 2 1",
+        "28672 4096 0 64": "64 1 1 0", "28672 4096 0 128": "64 2 1 0",
+        "4096 14336 0 32": "32 1 8 0", "4096 14336 0 64": "64 1 8 0", "4096 14336 0 128": "64 2 4 0",
+        "8192 8192 1 64": "64 1 4 0", "8192 8192 1 128": "64 2 2 1",  # int8: 64-column K tiles
+        "4096 4096 3 128": "64 2 4 0",  # 8-bit K tiles hold half the columns (the same bytes)
+    }
+    assert {key: got[key] for key in expect} == expect
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 def test_csrc_compiles_with_nvcc(tmp_path):
     from torch.utils.cpp_extension import include_paths
@@ -349,11 +392,7 @@ def test_csrc_compiles_with_nvcc(tmp_path):
         import sysconfig
 
         incs = [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}", f"-I{csrc}"]
-        from torch.utils.cpp_extension import CUDA_HOME
-
-        roots = [CUDA_HOME, os.environ.get("CUDA_HOME"), "/usr/local/cuda", Path(shutil.which("nvcc")).resolve().parents[1]]
-        cuda_inc = next(Path(r, "include") for r in roots if r and Path(r, "include", "cuda_runtime.h").exists())
-        cmd = [cxx, "-fsyntax-only", "-std=c++17", "-w", *incs, f"-I{cuda_inc}", "-DTORCH_EXTENSION_NAME=quantops_cuda",
+        cmd = [cxx, "-fsyntax-only", "-std=c++17", "-w", *incs, f"-I{cuda_include()}", "-DTORCH_EXTENSION_NAME=quantops_cuda",
                str(csrc / "bindings.cpp")]
         jobs.append(("bindings.cpp", subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     for src, proc in jobs:

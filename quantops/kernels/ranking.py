@@ -67,14 +67,14 @@ RANKING: dict[str, dict[str, list[str]]] = {
     "wna16": {
         # H200 (`quantops bench`, eager, L2-cold, geo-mean over 8192x8192 + Llama-3-8B layers, ratio to bf16):
         # the CUDA op's GEMV to 16 rows (W4A16 2.26x at M=1, 1.62x at 16; tinygemm 1.83x / 0.52x, kept as its
-        # fallback), its wgmma GEMM above on Hopper: at 32 it beats FBGEMM bf16i4 on all 5 layers (1.39 vs 0.89x);
-        # past 32 only on large layers (docs/results/h200_pdl_bench_w4a16.csv, op vs FBGEMM at M=64 / 128):
-        #   8192x8192 (67M weights) 1.32 / 0.94 vs 1.15 / 0.97    gate_up 28672x4096 (117M) 1.54 / 0.86 vs 0.88 / 0.79
-        #   down 4096x14336 (59M)   1.19 / 0.87 vs 0.69 / 0.66    qkv 6144x4096 (25M)       0.86 / 0.73 vs 0.89 / 0.77
-        #   o 4096x4096 (17M)       0.66 / 0.68 vs 0.70 / 0.74
-        # so the op keeps 33..128 rows on layers of >= 40M weights (chosen geo-mean 1.09 / 0.83x at 64 / 128; the op
-        # alone 1.07 / 0.81x, FBGEMM alone 0.85 / 0.78x); FBGEMM bf16i4 for the rest up to 2048 (int4 groups, bf16);
-        # where FBGEMM cannot run (W8A16, fp16, act-order) the CUDA op up to 128 (W8A16 8192^2 1.11x at 64, 0.75x
+        # fallback), its wgmma GEMM above on Hopper: at 32 it beats FBGEMM bf16i4 on all 5 layers (1.41 vs 0.89x);
+        # past 32 only on large layers (docs/results/h200_plan_bench_w4a16.csv, op vs FBGEMM at M=64 / 128):
+        #   8192x8192 (67M weights) 1.32 / 0.94 vs 1.15 / 0.97    gate_up 28672x4096 (117M) 1.56 / 0.86 vs 0.88 / 0.78
+        #   down 4096x14336 (59M)   1.20 / 0.88 vs 0.69 / 0.67    qkv 6144x4096 (25M)       0.89 / 0.73 vs 0.89 / 0.78
+        #   o 4096x4096 (17M)       0.69 / 0.65 vs 0.70 / 0.74
+        # so the op keeps 33..128 rows on layers of >= 40M weights (chosen geo-mean 1.09 / 0.84x at 64 / 128; the op
+        # alone 1.09 / 0.81x, FBGEMM alone 0.85 / 0.78x); FBGEMM bf16i4 for the rest up to 2048 (int4 groups, bf16);
+        # where FBGEMM cannot run (W8A16, fp16, act-order) the CUDA op up to 128 (W8A16 8192^2 1.11x at 64, 0.74x
         # at 128 vs dequantize + cuBLAS 0.42x), then dequantize + cuBLAS (0.90-0.94x at M>=2048).
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=32",
