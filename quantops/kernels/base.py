@@ -141,5 +141,22 @@ def check_all(*verdicts) -> "tuple[bool, str | None]":
     return OK
 
 
+def round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def pad_2d(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Zero-pad a 2-D tensor at the bottom/right to [rows, cols] (the alignment a kernel's library needs). Already
+    that shape: `t` itself (made contiguous), so that a prepared weight shares the module's memory instead of doubling
+    it. Other one-byte dtypes are padded as uint8 -- zero bytes are int8 0, FP4 code 0, e4m3 +0, E8M0 code 0 --
+    because constant padding is not implemented for every float8 dtype on every device."""
+    r, c = t.shape
+    if (r, c) == (rows, cols):
+        return t.contiguous()
+    if t.element_size() == 1 and t.dtype != torch.uint8:
+        return torch.nn.functional.pad(t.view(torch.uint8), (0, cols - c, 0, rows - r)).view(t.dtype)
+    return torch.nn.functional.pad(t, (0, cols - c, 0, rows - r))
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from ..formats import quantize_activation
-from .base import LinearKernel, check_all, needs_cuda
-from .w8a8_prepare import check_canonical, pad_2d, pad_activation_k, pad_vector, round_up
+from .base import LinearKernel, check_all, needs_cuda, pad_2d, round_up
+from .w8a8_prepare import check_canonical, pad_activation_k, pad_vector
 
 ALIGN = 16  # cuBLASLt FP8: leading dimensions in multiples of 16 bytes
 

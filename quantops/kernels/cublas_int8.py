@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from ..formats import quantize_activation
-from .base import LinearKernel, check_all, needs_cuda
-from .w8a8_prepare import check_canonical, pad_2d, pad_activation_k, round_up
+from .base import LinearKernel, check_all, needs_cuda, pad_2d, round_up
+from .w8a8_prepare import check_canonical, pad_activation_k
 
 ALIGN = 16
 MIN_ROWS = 17  # torch._int_mm on CUDA: "self.size(0) needs to be greater than 16"

@@ -26,8 +26,7 @@ from typing import Optional
 
 import torch
 
-from .base import check_all, needs_cuda, needs_library
-from .w8a8_prepare import pad_2d, round_up
+from .base import check_all, needs_cuda, needs_library, pad_2d, round_up
 from .weight_only_layout import (
     FMT_FP4,
     FMT_FP8,

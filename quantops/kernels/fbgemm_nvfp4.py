@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LinearKernel, check_all, needs_library
+from .base import LinearKernel, check_all, needs_library, round_up
 from .fp4_layouts import native_scheme_check, CUTLASS_FP4_ALIGN, check_canonical, fp4_weight_cutlass, needs_sm, quantize_activation_linear
-from .fp4_layouts import round_up, swizzle_128x4
+from .fp4_layouts import swizzle_128x4
 
 
 @torch.library.custom_op("quantops::fbgemm_nvfp4_mm", mutates_args=())

@@ -16,9 +16,9 @@ from typing import ClassVar
 
 import torch
 
-from .base import OK, LinearKernel, check_all, needs_library
-from .fp4_layouts import native_scheme_check, SF_ROWS, check_canonical, mxfp8_weight_cutlass, needs_sm, pad_2d, quantize_activation_linear
-from .fp4_layouts import round_up, swizzle_128x4
+from .base import OK, LinearKernel, check_all, needs_library, pad_2d, round_up
+from .fp4_layouts import native_scheme_check, SF_ROWS, check_canonical, mxfp8_weight_cutlass, needs_sm, quantize_activation_linear
+from .fp4_layouts import swizzle_128x4
 
 MIN_N = 128
 MIN_K = 128

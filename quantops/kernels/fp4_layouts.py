@@ -21,27 +21,12 @@ import torch.nn.functional as F
 from ..formats import tensor_specs
 from ..formats.fp4_packed import quantize_mxfp4, quantize_nvfp4
 from ..formats.mxfp8 import quantize_mxfp8
-from .base import needs_cuda
+from .base import needs_cuda, pad_2d, round_up
 
 SF_ROWS = 128  # rows of one scale tile (4 interleaved groups of 32)
 SF_COLS = 4  # scale columns of one tile
 CUTLASS_FP4_ALIGN = 32  # N and K of a CUTLASS FP4 GEMM are multiples of this
 TRTLLM_ROW_BLOCK = 32  # trtllm shuffles rows inside blocks of 32 (epilogue tile 128)
-
-
-def round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
-def pad_2d(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Zero-pad a 2-D tensor at the bottom/right to [rows, cols]. Byte-sized dtypes are padded as uint8 (zero
-    bytes: FP4 code 0, e4m3 +0, E8M0 code 0), because not every device implements pad/fill for float8."""
-    r, c = t.shape
-    if (r, c) == (rows, cols):
-        return t
-    if t.element_size() == 1 and t.dtype != torch.uint8:
-        return F.pad(t.view(torch.uint8), (0, cols - c, 0, rows - r)).view(t.dtype)
-    return F.pad(t, (0, cols - c, 0, rows - r))
 
 
 def swizzle_128x4(sf: torch.Tensor) -> torch.Tensor:

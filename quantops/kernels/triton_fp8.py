@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from ..formats import quantize_activation
-from .base import LinearKernel, check_all, needs_cuda, needs_library
+from .base import LinearKernel, check_all, needs_cuda, needs_library, pad_2d, round_up
 from .triton_fp8_blockscaled import K_ALIGN, N_ALIGN, launch_fp8_gemm
-from .w8a8_prepare import check_canonical, pad_2d, pad_activation_k, pad_vector, round_up
+from .w8a8_prepare import check_canonical, pad_activation_k, pad_vector
 
 
 @torch.library.custom_op("quantops::fp8_triton_mm", mutates_args=())

@@ -19,8 +19,8 @@ import os
 import torch
 
 from ..formats import quantize_activation
-from .base import LinearKernel, check_all, needs_cuda, needs_library
-from .w8a8_prepare import check_canonical, pad_2d, pad_activation_k, round_up
+from .base import LinearKernel, check_all, needs_cuda, needs_library, pad_2d, round_up
+from .w8a8_prepare import check_canonical, pad_activation_k
 
 try:  # Triton is optional (absent on some platforms): its absence is a reason from is_supported
     import triton

@@ -17,9 +17,9 @@ import functools
 import torch
 
 from ..formats import quantize_activation
-from .base import LinearKernel, check_all, needs_cuda, needs_library
+from .base import LinearKernel, check_all, needs_cuda, needs_library, pad_2d, round_up
 from .triton_fp8_blockscaled import interpreting
-from .w8a8_prepare import check_canonical, pad_2d, pad_activation_k, pad_vector, round_up
+from .w8a8_prepare import check_canonical, pad_activation_k, pad_vector
 
 try:  # Triton is optional: its absence is a reason from is_supported
     import triton

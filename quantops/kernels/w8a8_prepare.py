@@ -1,4 +1,5 @@
-"""Small helpers shared by the W8A8 (FP8 / INT8) kernels: alignment padding and prepare-time checks.
+"""Small helpers shared by the W8A8 (FP8 / INT8) kernels: activation and scale padding, prepare-time checks (the
+weight padding itself is `base.pad_2d`).
 
 Kernels pad N and K of the weight once, in `prepare()`, to what their library needs; activations are padded
 along K (static amount) before quantization, and outputs are sliced back to N. Zero padding is exact: padded
@@ -11,22 +12,6 @@ import torch
 
 from .. import formats
 from .base import LinearConfig
-
-
-def round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
-def pad_2d(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Zero-pad a 2-D tensor (any dtype, fp8 included) to [rows, cols]. Already that shape: `t` itself
-    (contiguous), so that a prepared weight shares the module's memory instead of doubling it."""
-    r, c = t.shape
-    if (r, c) == (rows, cols):
-        return t.contiguous()
-    if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        # constant padding is not implemented for fp8: pad the bytes (0x00 is +0.0)
-        return torch.nn.functional.pad(t.view(torch.uint8), (0, cols - c, 0, rows - r)).view(t.dtype)
-    return torch.nn.functional.pad(t, (0, cols - c, 0, rows - r))
 
 
 def pad_vector(v: torch.Tensor, n: int, value: float = 1.0) -> torch.Tensor:
