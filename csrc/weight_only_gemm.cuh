@@ -36,6 +36,44 @@ __device__ __forceinline__ KRange k_split_range(int tiles_k, int splits, int spl
   return {first, max(0, min(tiles_k, first + per) - first)};
 }
 
+// A warp's weight bands in a GEMM block (here and weight_only_wgmma.cuh; the two differ only in which bands a warp
+// owns): NT bands of 16 weight rows, each lane copying its own two 16-byte chunks per band and K tile into shared
+// memory and reading the bands' scale codes into registers. Bands past the weight (a partial row block) copy nothing.
+template <int SK, int SPC, int VPC, bool HAS_ZP, int NT>
+struct WarpBands {
+  int band[NT];
+  bool valid[NT];
+  const uint4* wrow[NT];
+  BandScales<SK, SPC, VPC, HAS_ZP> bs[NT];
+
+  // bands[t]: the index of the warp's t-th band; its K tiles are read from `first` on
+  __device__ __forceinline__ void init(const int (&bands)[NT], int n_bands, const uint4* w, const uint8_t* scales,
+                                       const uint8_t* zeros, int tiles_k, int first, int lane, int g, int G) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      band[t] = bands[t];
+      valid[t] = band[t] < n_bands;
+      const int b = valid[t] ? band[t] : 0;
+      wrow[t] = w + ((size_t)b * tiles_k + first) * 64 + lane;
+      bs[t].init(scales, zeros, b, g, G);
+    }
+  }
+
+  // K tile first + j: band t's chunks to dst[t * 64] and dst[t * 64 + 32] (dst: this lane's first chunk of the stage),
+  // the scale (and zero) codes of the lane's columns from col into sv / zv
+  __device__ __forceinline__ void copy(int j, uint4* dst, int col, int group_shift, uint32_t (&sv)[NT][2][SPC],
+                                       uint32_t (&zv)[NT][2]) const {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      if (valid[t]) {
+        copy_async16(dst + t * 64, wrow[t] + j * 64);
+        copy_async16(dst + t * 64 + 32, wrow[t] + j * 64 + 32);
+        bs[t].load(col, group_shift, sv[t], zv[t]);
+      }
+    }
+  }
+};
+
 // The end of a GEMM block (here and weight_only_wgmma.cuh). each_output(f) calls f(valid band, weight row n, chunk
 // row m, value) for every accumulator. One split: the values go straight to `out`. Several: fp32 partial sums
 // [chunk][split][MT][n_pad]; the last block of a row block to arrive (a counter per row block and chunk, zeroed by
@@ -128,18 +166,11 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
   const int first = kr.first, count = kr.count;
   const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
 
-  int band[NT];
-  bool valid[NT];
-  const uint4* wrow[NT];
-  BandScales<SK, SPC, VPC, HAS_ZP> bs[NT];
+  int bands[NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    band[t] = (blockIdx.x * kGemmWarps + warp) * NT + t;
-    valid[t] = band[t] < n_bands;
-    const int b = valid[t] ? band[t] : 0;
-    wrow[t] = w + ((size_t)b * tiles_k + first) * 64 + lane;
-    bs[t].init(scales, zeros, b, g, G);
-  }
+  for (int t = 0; t < NT; ++t) bands[t] = (blockIdx.x * kGemmWarps + warp) * NT + t;
+  WarpBands<SK, SPC, VPC, HAS_ZP, NT> wb;
+  wb.init(bands, n_bands, w, scales, zeros, tiles_k, first, lane, g, G);
 
   extern __shared__ uint4 smem[];
   uint32_t sb[S][NT][2][SPC];
@@ -159,16 +190,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
           copy_async16_zfill(base + r * UPR + x_unit(c, r), ok ? x + (size_t)(m0 + r) * K + col : x, ok);
         }
       }
-      uint4* dst = base + XUNITS + warp * NT * 64 + lane;
-      const int col = col0 + tig * VPC;
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        if (valid[t]) {
-          copy_async16(dst + t * 64, wrow[t] + j * 64);
-          copy_async16(dst + t * 64 + 32, wrow[t] + j * 64 + 32);
-          bs[t].load(col, group_shift, sv[t], zv[t]);
-        }
-      }
+      wb.copy(j, base + XUNITS + warp * NT * 64 + lane, col0 + tig * VPC, group_shift, sv, zv);
     }
     copy_async_commit();
   };
@@ -252,7 +274,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
           for (int h = 0; h < MH; ++h)
 #pragma unroll
             for (int r = 0; r < 4; ++r)
-              f(valid[t], band[t] * 16 + g + (r >= 2 ? 8 : 0), h * 8 + 2 * tig + (r & 1), acc[t][h][r]);
+              f(wb.valid[t], wb.band[t] * 16 + g + (r >= 2 ? 8 : 0), h * 8 + 2 * tig + (r & 1), acc[t][h][r]);
       },
       out, partial, arrivals, M, N, n_bands * 16, m0, split, splits);
 }

@@ -174,18 +174,11 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
   const int first = kr.first, count = kr.count;
   const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
 
-  int band[2];
-  bool valid[2];
-  const uint4* wrow[2];
-  BandScales<SK, SPC, VPC, HAS_ZP> bs[2];
+  int bands[2];  // one band of each m64 tile
 #pragma unroll
-  for (int t = 0; t < 2; ++t) {
-    band[t] = blockIdx.x * 8 + t * 4 + warp;
-    valid[t] = band[t] < n_bands;
-    const int b = valid[t] ? band[t] : 0;
-    wrow[t] = w + ((size_t)b * tiles_k + first) * 64 + lane;
-    bs[t].init(scales, zeros, b, g, G);
-  }
+  for (int t = 0; t < 2; ++t) bands[t] = blockIdx.x * 8 + t * 4 + warp;
+  WarpBands<SK, SPC, VPC, HAS_ZP, 2> wb;
+  wb.init(bands, n_bands, w, scales, zeros, tiles_k, first, lane, g, G);
 
   extern __shared__ uint8_t smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
@@ -213,18 +206,9 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
     }
   };
   const auto copy_weights = [&](int j, int slot, uint32_t (&sv)[2][2][SPC], uint32_t (&zv)[2][2]) {
-    if (j < count) {
-      uint4* dst = reinterpret_cast<uint4*>(smem_ptr + slot * STAGE + XBYTES) + warp * 128 + lane;
-      const int col = (first + j) * KB + tig * VPC;
-#pragma unroll
-      for (int t = 0; t < 2; ++t) {
-        if (valid[t]) {
-          copy_async16(dst + t * 64, wrow[t] + j * 64);
-          copy_async16(dst + t * 64 + 32, wrow[t] + j * 64 + 32);
-          bs[t].load(col, group_shift, sv[t], zv[t]);
-        }
-      }
-    }
+    if (j < count)
+      wb.copy(j, reinterpret_cast<uint4*>(smem_ptr + slot * STAGE + XBYTES) + warp * 128 + lane,
+              (first + j) * KB + tig * VPC, group_shift, sv, zv);
   };
   // The grid may start while permute_x_kernel still runs (a programmatic dependent launch, launch_gemm_grid): the
   // first tile's weights and scales do not depend on it, x does. (griddepcontrol.wait returns at once in a grid
@@ -297,7 +281,7 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
       for (int i = 0; i < MT / 8; ++i)
 #pragma unroll
         for (int r = 0; r < 4; ++r)
-          f(valid[t], band[t] * 16 + g + (r >= 2 ? 8 : 0), 8 * i + 2 * tig + (r & 1), acc[t][4 * i + r]);
+          f(wb.valid[t], wb.band[t] * 16 + g + (r >= 2 ? 8 : 0), 8 * i + 2 * tig + (r & 1), acc[t][4 * i + r]);
   };
   if (splits > 1 && partial == nullptr) {  // a cluster launch (GemmPlan::cluster, launch_gemm_grid)
     cluster_store<T, MT, kWgmmaRows, THREADS>(each_output, reinterpret_cast<float*>(smem_ptr), out, M, N, m0,
