@@ -310,16 +310,42 @@ def test_cuda_ext_import_gives_reason_without_gpu():
 @pytest.mark.parametrize("name", ["W4A16", "W8A16", "W4AFP8", "NVFP4A16", "MXFP4A16", "MXFP8A16", "NVFP4", "MXFP8"])
 def test_selection_plan_on_hopper(name):
     sel = select_kernel(name, N=4096, K=4096, capability=(9, 0), libraries=["triton", "quantops_cuda", "fbgemm"])
-    # the CUDA op up to M=32 where FBGEMM's bf16 x int4 GEMM takes over on a layer this size (128 on large ones,
-    # test_registry.py), 16 for W4AFP8 (FBGEMM's fp8 x int4), else up to 128 (ranking.py's numbers)
+    # the CUDA op up to M=32 where FBGEMM's shuffled bf16 x int4 GEMM takes over on a layer this size (64 on large
+    # ones, test_registry.py), 16 for W4AFP8 (FBGEMM's shuffled fp8 x int4), else up to 128 (ranking.py's numbers)
     top = {"W4A16": 32, "W4AFP8": 16}.get(name, 128)
     assert (top, "WeightOnlyGemvCudaKernel") in [(m, cls.kernel_name()) for m, cls in sel.plan]
     assert sel.for_m(top + 1).kernel_name() != "WeightOnlyGemvCudaKernel"
-    assert sel.for_m(8).kernel_name() == "WeightOnlyGemvCudaKernel"
-    assert sel.for_m(1).kernel_name() == "WeightOnlyGemvCudaKernel"
-    if name == "W4A16":  # FBGEMM from 33 up to 2048
-        assert sel.for_m(100).kernel_name() == "Int4RowwiseFbgemmKernel"
-    assert sel.for_m(100000).kernel_name() in ("WeightOnlyDequantCublasKernel", "W4AFp8RowwiseFbgemmKernel")
+    assert sel.for_m(1).kernel_name() == sel.for_m(8).kernel_name() == "WeightOnlyGemvCudaKernel"
+    if name == "W4A16":  # FBGEMM's shuffled GEMM from 33 at every M
+        assert sel.for_m(100).kernel_name() == sel.for_m(100000).kernel_name() == "Int4ShuffledFbgemmKernel"
+    elif name == "W4AFP8":
+        assert sel.for_m(100000).kernel_name() == "W4AFp8ShuffledFbgemmKernel"
+    else:
+        assert sel.for_m(100000).kernel_name() == "WeightOnlyDequantCublasKernel"
+
+
+def test_fbgemm_int4_needs_and_row_scale():
+    """What the FBGEMM kernels refuse, with the reason; and the fp8 GEMMs' per-row power of two: max |scale| / r in
+    (28, 56], so that code (|q| <= 8) * scale / r stays within e4m3's 448 and out of its subnormals."""
+    from quantops.kernels.fbgemm_int4 import (
+        Int4ShuffledFbgemmKernel, W4AFp8RowwiseFbgemmKernel, W4AFp8ShuffledFbgemmKernel, e4m3_row_scale)
+
+    def cfg(name, n, k, **kw):
+        return LinearConfig(get_scheme(name, **kw), n, k, torch.bfloat16)
+
+    assert Int4ShuffledFbgemmKernel.can_implement(cfg("W4A16", 4104, 4096)) == (
+        False, "N=4104 must be a multiple of 16 (the shuffle reorders whole blocks of 16 rows)")
+    assert Int4ShuffledFbgemmKernel.can_implement(cfg("W4A16", 4112, 4096))[0]
+    assert W4AFp8ShuffledFbgemmKernel.can_implement(cfg("W4AFP8", 4096, 4096, symmetric=False)) == (
+        False, "needs symmetric weights (the shuffled fp8 GEMM takes no zero points)")
+    assert W4AFp8RowwiseFbgemmKernel.can_implement(cfg("W4AFP8", 4104, 4096, symmetric=False))[0]
+    assert "act-order" in Int4ShuffledFbgemmKernel.can_implement(cfg("W4A16", 4096, 4096, actorder=True))[1]
+    scale = torch.rand(6, 32) * torch.tensor([1e-4, 1e-2, 1.0, 3.0, 1e3, 0.0])[:, None]
+    r = e4m3_row_scale(scale)
+    assert torch.equal(torch.exp2(torch.log2(r).round()), r)  # powers of two
+    q = scale.amax(dim=1)[:5] / r[:5]
+    assert ((q > 28) & (q <= 56)).all(), q
+    assert r[5] > 0
 
 
 # -- csrc/ compiles (object files only) ---------------------------------------------------------------------

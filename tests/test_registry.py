@@ -288,15 +288,19 @@ def test_layer_size_condition_in_ranking_entries(monkeypatch):
 
 
 def test_wna16_hopper_plan_by_layer_size():
-    """On sm_90 with FBGEMM, the CUDA op's wgmma GEMM keeps 33..128 rows only on large layers (ranking.py's
-    numbers): Llama-3-8B's o projection hands over to FBGEMM at 33, its MLP layers at 129."""
+    """On sm_90 with FBGEMM, the CUDA op's wgmma GEMM keeps 33..64 rows only on large layers (ranking.py's
+    numbers): Llama-3-8B's o projection hands over to FBGEMM's shuffled GEMM at 33, its MLP layers at 65; with N not
+    a multiple of 16 the row-wise FBGEMM GEMM takes the shuffled one's place, to 2048."""
     libs = ["fbgemm", "triton", "quantops_cuda"]
     small = select_kernel("W4A16", N=4096, K=4096, capability=90, libraries=libs)
     big = select_kernel("W4A16", N=4096, K=14336, capability=90, libraries=libs)
-    assert small.plan_str() == ("WeightOnlyGemvCudaKernel (M<=32), Int4RowwiseFbgemmKernel (33<=M<=2048), "
-                                "WeightOnlyDequantCublasKernel (M>=2049)")
-    assert big.plan_str() == ("WeightOnlyGemvCudaKernel (M<=128), Int4RowwiseFbgemmKernel (129<=M<=2048), "
+    odd = select_kernel("W4A16", N=4104, K=4096, capability=90, libraries=libs)
+    assert small.plan_str() == "WeightOnlyGemvCudaKernel (M<=32), Int4ShuffledFbgemmKernel (M>=33)"
+    assert big.plan_str() == "WeightOnlyGemvCudaKernel (M<=64), Int4ShuffledFbgemmKernel (M>=65)"
+    assert odd.plan_str() == ("WeightOnlyGemvCudaKernel (M<=32), Int4RowwiseFbgemmKernel (33<=M<=2048), "
                               "WeightOnlyDequantCublasKernel (M>=2049)")
+    assert dict(odd.rejected)["Int4ShuffledFbgemmKernel"] == (
+        "N=4104 must be a multiple of 16 (the shuffle reorders whole blocks of 16 rows)")
     # where FBGEMM cannot run (fp16 activations), the op keeps 33..128 on small layers too
     fp16 = select_kernel("W4A16", N=4096, K=4096, dtype=torch.float16, capability=90, libraries=libs)
     assert fp16.plan_str() == "WeightOnlyGemvCudaKernel (M<=128), WeightOnlyDequantCublasKernel (M>=129)"

@@ -132,6 +132,16 @@ def needs_library(name: str) -> "tuple[bool, str | None]":
     return OK if reason is None else (False, f"{name} not available ({reason})")
 
 
+def needs_library_ops(name: str, namespace: str, ops: tuple[str, ...]) -> "tuple[bool, str | None]":
+    """needs_library, and these torch.ops.<namespace> ops of it (an older release may lack them); a simulated
+    library (select_kernel(..., libraries=...)) is taken to have them."""
+    ok, why = needs_library(name)
+    if not ok or _ASSUMED[0] is not None:
+        return ok, why
+    missing = [op for op in ops if not hasattr(getattr(torch.ops, namespace), op)]
+    return (False, f"{name} has no {', '.join(missing)} (an older release)") if missing else OK
+
+
 def check_all(*verdicts) -> "tuple[bool, str | None]":
     """First failing verdict, else OK. Pass callables to keep later checks (a library import) lazy."""
     for v in verdicts:

@@ -67,19 +67,23 @@ RANKING: dict[str, dict[str, list[str]]] = {
     "wna16": {
         # H200 (`quantops bench`, eager, L2-cold, geo-mean over 8192x8192 + Llama-3-8B layers, ratio to bf16):
         # the CUDA op's GEMV to 16 rows (W4A16 2.26x at M=1, 1.62x at 16; tinygemm 1.83x / 0.52x, kept as its
-        # fallback), its wgmma GEMM above on Hopper: at 32 it beats FBGEMM bf16i4 on all 5 layers (1.41 vs 0.89x);
-        # past 32 only on large layers (docs/results/h200_plan_bench_w4a16.csv, op vs FBGEMM at M=64 / 128):
-        #   8192x8192 (67M weights) 1.32 / 0.94 vs 1.15 / 0.97    gate_up 28672x4096 (117M) 1.56 / 0.86 vs 0.88 / 0.78
-        #   down 4096x14336 (59M)   1.20 / 0.88 vs 0.69 / 0.67    qkv 6144x4096 (25M)       0.89 / 0.73 vs 0.89 / 0.78
-        #   o 4096x4096 (17M)       0.69 / 0.65 vs 0.70 / 0.74
-        # so the op keeps 33..128 rows on layers of >= 40M weights (chosen geo-mean 1.09 / 0.84x at 64 / 128; the op
-        # alone 1.09 / 0.81x, FBGEMM alone 0.85 / 0.78x); FBGEMM bf16i4 for the rest up to 2048 (int4 groups, bf16);
-        # where FBGEMM cannot run (W8A16, fp16, act-order) the CUDA op up to 128 (W8A16 8192^2 1.11x at 64, 0.74x
-        # at 128 vs dequantize + cuBLAS 0.42x), then dequantize + cuBLAS (0.90-0.94x at M>=2048).
+        # fallback), its wgmma GEMM above on Hopper: at 32 it is ahead of FBGEMM's shuffled GEMM on the geo-mean (1.37
+        # vs 1.03x; qkv and o within 8%); past 32 only on large layers (docs/results/h200_shuffled_bench_w4a16.csv,
+        # op vs FBGEMM bf16i4bf16_shuffled at M=64 / 128):
+        #   8192x8192 (67M weights) 1.33 / 0.95 vs 1.30 / 1.13    gate_up 28672x4096 (117M) 1.54 / 0.88 vs 0.99 / 0.94
+        #   down 4096x14336 (59M)   1.20 / 0.87 vs 0.82 / 0.74    qkv 6144x4096 (25M)       0.91 / 0.73 vs 1.00 / 0.90
+        #   o 4096x4096 (17M)       0.70 / 0.65 vs 0.82 / 0.84
+        # so the op keeps 33..64 rows on layers of >= 40M weights (down at 128 stays 15% behind the op); the shuffled
+        # GEMM takes the rest at every M (chosen geo-mean 1.15x at 64, 0.90x at 128, 0.94x at 512, 1.03 / 1.04x at
+        # 2048 / 4096, ahead of dequantize + cuBLAS's 0.90 / 0.99x on every layer there; row-wise FBGEMM 0.78 / 0.86 /
+        # 0.93 / 0.93x, kept for N not a multiple of 16); where FBGEMM cannot run (W8A16, fp16, act-order) the CUDA op
+        # up to 128 (W8A16 8192^2 1.11x at 64, 0.74x at 128 vs dequantize + cuBLAS 0.42x), then dequantize + cuBLAS
+        # (0.90-0.94x at M>=2048).
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=32",
-            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128,nk>=40e6",
+            "cuda_wna16:WeightOnlyGemvCudaKernel@m<=64,nk>=40e6",
             "tinygemm_int4:Int4TinygemmKernel@m<=1",
+            "fbgemm_int4:Int4ShuffledFbgemmKernel",
             "fbgemm_int4:Int4RowwiseFbgemmKernel@m<=2048",
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
             "triton_wna16:WeightOnlyGemmTritonKernel@m<=64",
@@ -94,12 +98,15 @@ RANKING: dict[str, dict[str, list[str]]] = {
             EMULATION,
         ],
     },
-    # W4AFP8: activations rounded to fp8 per token (plain torch) then the CUDA op for decode (0.84x at M=16; at
-    # 32 it ties FBGEMM, 0.70 vs 0.69x, at 64 it loses, 0.57 vs 0.75x: the separate rounding kernels count),
-    # else FBGEMM's fp8 x int4 CUTLASS GEMM (0.7x of bf16 on H200 at every M); Triton / dequantize as fallbacks.
+    # W4AFP8: activations rounded to fp8 per token, then the CUDA op for decode, FBGEMM's shuffled fp8 x int4 GEMM
+    # above. H200, `quantops bench` compiled (the rounding fused by Inductor), geo-mean over 8192^2 + Llama-3-8B at
+    # M = 1 / 16 / 32 / 128 / 2048 (docs/results/h200_w4afp8_compiled_bench.csv): CUDA op 1.97 / 1.41 / 1.25 / 0.75 /
+    # 0.50x, shuffled GEMM 1.28 / 1.27 / 1.25 / 1.16 / 1.50x, row-wise GEMM 0.67 / 0.71 / 0.72 / 0.75 / 0.88x (kept
+    # where N is not a multiple of 16 or with zero points); Triton / dequantize as fallbacks.
     "w4afp8": {
         "cuda": [
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=16",
+            "fbgemm_int4:W4AFp8ShuffledFbgemmKernel",
             "fbgemm_int4:W4AFp8RowwiseFbgemmKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel@m<=64",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
