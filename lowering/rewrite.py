@@ -8,7 +8,9 @@ Sites:
 For each site the registry chooses a kernel (or an M plan) for the real N, K, dtype and device capability; the
 kernel's `prepare()` runs here, once, on the real weights; `apply()` is called on FX proxies, so what it does
 (activation quantization in plain torch, then its custom op) becomes graph nodes that Inductor fuses with their
-neighbours. An M plan becomes one `quantops::linear_by_m` node that branches on M inside.
+neighbours. An M plan becomes one `quantops::linear_by_m` node that branches on M inside -- unless this graph's M
+is a fixed number (static shapes, which Dynamo guards): then only the plan's kernel for that M is recorded, node
+by node like a single kernel (its activation quantization fused instead of run opaquely inside linear_by_m).
 
 Where the tensors a kernel consumes differ from the module's (padded, repacked, or quantized from a float
 weight), they enter the graph as extra placeholders that the runtime binds per module instance (a compiled
@@ -58,10 +60,14 @@ class LayerDecision:
     reason: str | None = None  # why not rewritten
     notes: list[str] = field(default_factory=list)
     prepared_bytes: int = 0  # bytes of the tensors prepare()/quantization made (beyond the module's own)
+    static_m: int | None = None  # M fixed in this graph, with an M plan: only the plan's kernel for it recorded
 
     @property
     def kernel(self) -> str:
         if self.selection is not None and self.status == "rewritten":
+            if self.static_m is not None:
+                return (f"{self.selection.for_m(self.static_m).kernel_name()} "
+                        f"(M={self.static_m} here; plan: {self.selection.plan_str()})")
             return self.selection.plan_str()
         return self.status
 
@@ -156,6 +162,29 @@ class Site:
     n: int | None = None
     k: int | None = None
     dead_after: list[torch.fx.Node] = field(default_factory=list)  # e.g. the weight's transpose
+
+
+def _static_rows(xv) -> int | None:
+    """M of a [..., K] activation when every leading size is a plain int in this graph (static shapes), else None."""
+    shape = getattr(xv, "shape", None)
+    if shape is None or len(shape) < 1:
+        return None
+    m = 1
+    for d in shape[:-1]:
+        if type(d) is not int:
+            return None
+        m *= d
+    return m
+
+
+def plan_kernels(sel: Selection, xv, layer: LayerDecision) -> list[tuple[int | None, LinearKernel]]:
+    """The kernels to record for a site: the selection's plan, or where M is fixed in this graph only the plan's
+    kernel for it (recorded node by node rather than inside linear_by_m)."""
+    m = _static_rows(xv)
+    if m is not None and len(sel.plan) > 1:
+        layer.static_m = m
+        return [(None, sel.for_m(m)(sel.config))]
+    return [(max_m, cls(sel.config)) for max_m, cls in sel.plan]
 
 
 def _transposed_weight(node) -> torch.fx.Node | None:
@@ -404,7 +433,7 @@ class _Lowering:
         except ValueError as e:
             raise ValueError(f"{layer.path}: {e}") from None
         layer.selection = sel
-        kernels = [(max_m, cls(sel.config)) for max_m, cls in sel.plan]
+        kernels = plan_kernels(sel, xv, layer)
         prepared = [self._prepare(kern, canon) for _, kern in kernels]
         # Tensors a kernel consumes as the module holds them stay the module's inputs; the rest are derived.
         slots, refs = _assign_slots(prepared, canon)
@@ -451,7 +480,7 @@ class _Lowering:
             return
         sel = layer.selection
         scheme = s.scheme
-        kernels = [(max_m, cls(sel.config)) for max_m, cls in sel.plan]
+        kernels = plan_kernels(sel, xv, layer)
 
         with torch.no_grad():
             canon = formats.quantize_weight(w.detach(), scheme)

@@ -76,13 +76,22 @@ def test_quantized_model_compiles_to_chosen_kernels():
 
 
 def test_prepare_once_m_plan_and_dynamic_batch():
-    """A plan with a small-M kernel (M <= 4) and emulation above: one quantops::linear_by_m node branching on M;
+    """A plan with a small-M kernel (M <= 4) and emulation above: with a symbolic M one quantops::linear_by_m node
+    branching on M; with M fixed in the graph (static shapes) only the plan's kernel for it, recorded node by node;
     prepare() runs once per compile, never per call; batch sizes 1, 2, 7, 33, 64, 512 compile at most twice with
     default settings, once with mark_dynamic + backed_size_oblivious (the README's recommendation)."""
     model = quantops.quantize_model(tiny_mlp(), "FP8_DYNAMIC")
     sizes = [1, 2, 7, 33, 64, 512]
     with registered(SmallMFp8Kernel, max_m=4), torch.no_grad():
-        ex = quantops.explain(model, torch.randn(3, 64, dtype=torch.bfloat16))
+        for m, kernel in ((3, "SmallMFp8Kernel"), (5, "EmulationKernel")):
+            torch._dynamo.reset()  # else the second size would recompile with a symbolic M (automatic dynamic)
+            ex = quantops.explain(model, torch.randn(m, 64, dtype=torch.bfloat16))
+            assert ex.layer("up").kernel == f"{kernel} (M={m} here; plan: SmallMFp8Kernel (M<=4), EmulationKernel (M>=5))"
+            text = str(ex).split("rewritten (as handed to Inductor)")[1]
+            assert "linear_by_m" not in text and ("quantops_test.tagged" in text) == (kernel == "SmallMFp8Kernel"), text
+        x = torch.randn(3, 64, dtype=torch.bfloat16)
+        torch._dynamo.mark_dynamic(x, 0)
+        ex = quantops.explain(model, x)
         assert ex.layer("up").kernel == "SmallMFp8Kernel (M<=4), EmulationKernel (M>=5)"
         assert "torch.ops.quantops.linear_by_m" in str(ex)
         torch._dynamo.reset()
