@@ -328,7 +328,8 @@ def test_fbgemm_int4_needs_and_row_scale():
     """What the FBGEMM kernels refuse, with the reason; and the fp8 GEMMs' per-row power of two: max |scale| / r in
     (28, 56], so that code (|q| <= 8) * scale / r stays within e4m3's 448 and out of its subnormals."""
     from quantops.kernels.fbgemm_int4 import (
-        Int4ShuffledFbgemmKernel, W4AFp8RowwiseFbgemmKernel, W4AFp8ShuffledFbgemmKernel, e4m3_row_scale)
+        Int4ShuffledFbgemmKernel, W4AFp8RowwiseFbgemmKernel, W4AFp8ShuffledFbgemmKernel, e4m3_row_scale,
+        fbgemm_int4_operands)
 
     def cfg(name, n, k, **kw):
         return LinearConfig(get_scheme(name, **kw), n, k, torch.bfloat16)
@@ -346,6 +347,22 @@ def test_fbgemm_int4_needs_and_row_scale():
     q = scale.amax(dim=1)[:5] / r[:5]
     assert ((q > 28) & (q <= 56)).all(), q
     assert r[5] > 0
+    # with zero points (w = q * scale + zero, q in [-8, 7]): every weight value stays within 448 after the division
+    zero = -torch.randint(0, 16, scale.shape).float() * scale + 5 * scale
+    r = e4m3_row_scale(scale, zero)
+    codes = torch.arange(-8, 8).float()
+    w = codes[None, None, :] * scale[..., None] + zero[..., None]
+    assert (w.abs().amax(dim=(1, 2))[:5] / r[:5] <= 448).all() and (w.abs().amax(dim=(1, 2))[:5] / r[:5] > 112).all()
+    # the row-wise fp8 GEMM's prepared operands (plain torch: runs here): scales and zeros divided by the row's power
+    # of two exactly, every dequantized value code * scale + zero within e4m3's range
+    scheme = get_scheme("W4AFP8", symmetric=False)
+    tensors = quantize_weight(torch.randn(48, 256) * 0.01 + 0.02, scheme)
+    p = W4AFp8RowwiseFbgemmKernel(LinearConfig(scheme, 48, 256, torch.bfloat16)).prepare(tensors)
+    _, scale, zero = fbgemm_int4_operands(tensors, scheme, 48, 256, torch.float32)
+    row = p["row_scale"].float()
+    assert torch.equal(p["scale"] * row, scale) and torch.equal(p["zero"] * row, zero)
+    w = codes[:, None, None] * p["scale"][None] + p["zero"][None]  # [16, G, N]
+    assert w.abs().max() <= 448 and (w.abs().amax(dim=(0, 1)) > 112).all()
 
 
 # -- csrc/ compiles (object files only) ---------------------------------------------------------------------

@@ -53,16 +53,20 @@ def fbgemm_int4_operands(tensors, scheme, n, k, scale_dtype):
     return wq.contiguous(), scale.t().contiguous().to(scale_dtype), zero.t().contiguous().to(scale_dtype)
 
 
-E4M3_GROUP_SCALE_MAX = 56.0  # 8 * 56 = 448, e4m3's largest value: every code * group scale stays finite in e4m3
+E4M3_MAX = 448.0
 
 
-def e4m3_row_scale(scale: torch.Tensor) -> torch.Tensor:
-    """[N, G] group scales -> [N] fp32: per row the power of two r with max_g |scale| / r in (28, 56]. The fp8 x int4
-    GEMMs multiply code * scale in e4m3, whose precision ends below 2^-6 (W4AFP8 weights of std 0.002: 28% error
-    through the row-wise GEMM without it, measured on an H200); dividing the scales by a power of two, and
-    multiplying the output by it, is exact."""
-    amax = scale.float().abs().amax(dim=1).clamp(min=2.0**-100)
-    return torch.exp2(torch.ceil(torch.log2(amax / E4M3_GROUP_SCALE_MAX)))
+def e4m3_row_scale(scale: torch.Tensor, zero: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, G] group scales (and FBGEMM's zeros, -zero_point * scale) -> [N] fp32: per row the power of two r with
+    max |w| / r in (224, 448], bounding w = q * scale + zero over q in [-8, 7] by 8 |scale| + |zero| (symmetric:
+    max |scale| / r in (28, 56]). The fp8 x int4 GEMMs multiply code * scale in e4m3, whose precision ends below
+    2^-6 (W4AFP8 weights of std 0.002: 28% error through the row-wise GEMM without it, measured on an H200) and whose
+    range ends at 448; dividing the scales and zeros by a power of two, and multiplying the output by it, is exact."""
+    bound = 8 * scale.float().abs()
+    if zero is not None:
+        bound = bound + zero.float().abs()
+    amax = bound.amax(dim=1).clamp(min=2.0**-100)
+    return torch.exp2(torch.ceil(torch.log2(amax / E4M3_MAX)))
 
 
 def _int4_checks(config, act):
@@ -196,7 +200,7 @@ class W4AFp8RowwiseFbgemmKernel(LinearKernel):
     def prepare(self, tensors):
         cfg = self.config
         wq, scale, zero = fbgemm_int4_operands(tensors, self.scheme, cfg.n, cfg.k, torch.float32)
-        row = e4m3_row_scale(tensors["weight_scale"])  # scales and zeros [K/g, N] divided by it, output times it
+        row = e4m3_row_scale(scale.t(), zero.t())  # scales and zeros [K/g, N] divided by it, output times it
         return {"wq": wq, "scale": scale / row, "zero": zero / row, "row_scale": row.to(torch.bfloat16)}
 
     def apply_2d(self, x, prepared, bias):
