@@ -21,6 +21,7 @@ weights as attributes (freezing), as buffers of the graph module that Inductor f
 from __future__ import annotations
 
 import copy
+import math
 import operator
 import re
 from dataclasses import dataclass, field
@@ -164,25 +165,22 @@ class Site:
     dead_after: list[torch.fx.Node] = field(default_factory=list)  # e.g. the weight's transpose
 
 
-def _static_rows(xv) -> int | None:
-    """M of a [..., K] activation when every leading size is a plain int in this graph (static shapes), else None."""
+def _static_lead(xv) -> tuple[int, ...] | None:
+    """The leading sizes of a [..., K] activation when each is a plain int in this graph (static shapes, which
+    Dynamo guards), else None."""
     shape = getattr(xv, "shape", None)
     if shape is None or len(shape) < 1:
         return None
-    m = 1
-    for d in shape[:-1]:
-        if type(d) is not int:
-            return None
-        m *= d
-    return m
+    lead = tuple(shape[:-1])
+    return lead if all(isinstance(d, int) for d in lead) else None
 
 
 def plan_kernels(sel: Selection, xv, layer: LayerDecision) -> list[tuple[int | None, LinearKernel]]:
     """The kernels to record for a site: the selection's plan, or where M is fixed in this graph only the plan's
     kernel for it (recorded node by node rather than inside linear_by_m)."""
-    m = _static_rows(xv)
-    if m is not None and len(sel.plan) > 1:
-        layer.static_m = m
+    lead = _static_lead(xv)
+    if lead is not None and len(sel.plan) > 1:
+        m = layer.static_m = math.prod(lead)
         return [(None, sel.for_m(m)(sel.config))]
     return [(max_m, cls(sel.config)) for max_m, cls in sel.plan]
 
@@ -578,9 +576,9 @@ class _Lowering:
     def _unflatten(out, x, xv, n):
         if xv is not None and xv.dim() == 2:
             return out
-        lead = tuple(xv.shape[:-1]) if xv is not None else None
-        if lead is not None and all(isinstance(d, int) for d in lead):
-            return out.reshape(*lead, n)  # static sizes (Dynamo guards them): a readable reshape
+        lead = _static_lead(xv)
+        if lead is not None:
+            return out.reshape(*lead, n)  # static sizes: a readable reshape
         return out.reshape(x.shape[:-1] + (n,))
 
 
