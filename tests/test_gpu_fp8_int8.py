@@ -1,4 +1,4 @@
-"""FP8 / INT8 W8A8 kernels on a CUDA GPU (run on the GPU machine: pytest -m gpu tests/test_gpu_fp8_int8.py).
+"""FP8 / INT8 / MXFP8 W8A8 kernels on a CUDA GPU (run on the GPU machine: pytest -m gpu tests/test_gpu_fp8_int8.py).
 
 Every kernel against its scheme's EmulationKernel (same activation quantizer, fp32 dequantized GEMM) on random
 inputs: aligned and odd N/K, M in {0, 1, 3, 16, 33, 128, 300, 1024}, 3-D inputs with a bias; then no host
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.gpu
 TOL = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 MS = (0, 1, 3, 16, 33, 128, 300, 1024)
 SHAPES = [(256, 512), (200, 328), (2048, 4096)]
+MX_SHAPES = [(256, 512), (200, 352), (2048, 4096)]  # MX: K in whole blocks of 32
 
 FP8_TC = [("FP8", {}), ("FP8_DYNAMIC", {}), ("FP8_DYNAMIC", {"weight_strategy": "tensor"}),
           ("FP8", {"weight_strategy": "channel"}), ("FP8", {"act_dynamic": True})]
@@ -49,12 +50,17 @@ CASES = {
     "triton_fp8_blockscaled:Fp8BlockScaledTritonKernel": (FP8_B, (BF16, F32)),
     "cublas_int8:Int8IntMMKernel": (INT8, (BF16, F16)),
     "triton_int8:Int8TritonKernel": (INT8, (BF16, F16)),
+    "triton_mxfp8:Mxfp8TritonKernel": ([("MXFP8", {})], (BF16, F32)),
 }
 # QUANTOPS_GPU_KERNELS=substr,...: run the cases of those kernels only (a partial re-run on a short lease)
 if os.environ.get("QUANTOPS_GPU_KERNELS"):
     CASES = {spec: v for spec, v in CASES.items() if any(s in spec for s in os.environ["QUANTOPS_GPU_KERNELS"].split(","))}
 # tensor-wise cuBLAS also writes fp16 / fp32 (per-tensor x per-tensor schemes only: row-wise is bf16-only)
 EXTRA_DTYPES = {("cublas_fp8:Fp8ScaledMMKernel", "FP8"): (F16, F32), ("cublas_fp8:Fp8ScaledMMKernel", "FP8{act_dynamic=True}"): (F16, F32)}
+
+
+def shapes(spec):
+    return MX_SHAPES if "mxfp8" in spec else SHAPES
 
 
 def load(spec):
@@ -105,7 +111,7 @@ def test_kernel_vs_emulation(spec, capability):
     assert ok, f"{spec} should run on sm{capability[0]}{capability[1]} with the devkit: {why}"
     failures, report = [], []
     for scheme, dtype in variants(spec):
-        for n, k in SHAPES:
+        for n, k in shapes(spec):
             tensors, cfg = make_layer(scheme, n, k, dtype)
             ok, why = kcls.can_implement(cfg)
             if not ok:
@@ -216,19 +222,20 @@ def test_opcheck_all_ops(capability):
     for spec in CASES:
         kcls = load(spec)
         scheme, dtype = next(variants(spec))
-        tensors, cfg = make_layer(scheme, 200, 328, dtype)
+        n, k = shapes(spec)[1]
+        tensors, cfg = make_layer(scheme, n, k, dtype)
         kernel = kcls(cfg)
         prepared = kernel.prepare(tensors)
         with RecordQuantopsOps() as rec:
-            kernel.apply_2d(x_for(scheme, 5, 328, dtype), prepared, None)
+            kernel.apply_2d(x_for(scheme, 5, k, dtype), prepared, None)
         assert rec.calls, spec
         for op, args in rec.calls:
             torch.library.opcheck(op, args, test_utils=utils)
 
 
 def test_registry_picks_a_real_kernel_here():
-    for scheme in ("FP8", "FP8_DYNAMIC", "FP8_BLOCK", "W8A8"):
-        for n, k in ((4096, 4096), (200, 328)):
+    for scheme in ("FP8", "FP8_DYNAMIC", "FP8_BLOCK", "W8A8", "MXFP8"):
+        for n, k in ((4096, 4096), (200, 352 if scheme == "MXFP8" else 328)):
             sel = select_kernel(scheme, N=n, K=k, device="cuda")
             assert all(cls.backend != "emulation" for _, cls in sel.plan), str(sel)
             print(sel.config.describe(), "->", sel.plan_str())

@@ -1,4 +1,4 @@
-"""FP8 / INT8 W8A8 kernels on the CPU: the Triton kernels under TRITON_INTERPRET=1 (tiny shapes), the
+"""FP8 / INT8 / MXFP8 W8A8 kernels on the CPU: the Triton kernels under TRITON_INTERPRET=1 (tiny shapes), the
 torch._scaled_mm / torch._int_mm wrappers on CPU tensors, prepare() padding and layouts, hardware reasons,
 fake impls, FX recordability, and a `quantops bench --quick` smoke run.
 
@@ -32,11 +32,13 @@ from quantops.kernels.flashinfer_fp8 import Fp8BlockScaledFlashInferKernel, Fp8F
 from quantops.kernels.triton_fp8 import Fp8TritonKernel  # noqa: E402
 from quantops.kernels.triton_fp8_blockscaled import Fp8BlockScaledTritonKernel  # noqa: E402
 from quantops.kernels.triton_int8 import Int8TritonKernel  # noqa: E402
+from quantops.kernels.triton_mxfp8 import Mxfp8TritonKernel  # noqa: E402
 
 ALL_KERNELS = [
     Fp8ScaledMMKernel, Fp8BlockScaledMMKernel, Fp8RowwiseFbgemmKernel, Fp8TensorwiseFbgemmKernel,
     Fp8BlockScaledFbgemmKernel, Fp8FlashInferKernel,
     Fp8BlockScaledFlashInferKernel, Fp8TritonKernel, Fp8BlockScaledTritonKernel, Int8IntMMKernel, Int8TritonKernel,
+    Mxfp8TritonKernel,
 ]
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
@@ -197,6 +199,61 @@ def test_prepare_pads_and_lays_out_scales():
     assert p["weight"].shape == (48, 80) and p["weight_sum"].shape == (1, 40)
 
 
+# -- MXFP8 W8A8 on FP8 tensor cores, scales applied every 32 K (interpreted) --------------------------------
+
+
+@pytest.mark.parametrize("n,k", [(72, 96), (200, 160)])
+def test_triton_mxfp8_vs_emulation(n, k):
+    check_against_emulation(Mxfp8TritonKernel, get_scheme("MXFP8"), n, k, (0, 1, 5, 33), torch.bfloat16)
+
+
+def test_triton_mxfp8_exact_in_fp32_split_k_zero_blocks_and_extreme_exponents():
+    """fp32 output is the emulation's up to summation order: zero blocks (E8M0 code 0, which the kernel decodes
+    to 0.0 where emulation has 2^-127), blocks 2^-40 and 2^+40 apart (the per-32 scales really differ), and
+    K = 2048 so that M <= 16 splits K across programs (fp32 partials, then the reduction kernel)."""
+    scheme = get_scheme("MXFP8")
+    n, k = 136, 2048
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    w[:, 64:96] = 0  # a zero weight block in every row
+    w[:, 1024:1056] *= 2.0**20
+    tensors = quantize_weight(w, scheme)
+    assert (tensors["weight_scale"][:, 2] == 0).all()
+    cfg = LinearConfig(scheme, n, k, torch.float32)
+    kernel, ref = Mxfp8TritonKernel(cfg), EmulationKernel(cfg)
+    prepared, ref_prepared = kernel.prepare(tensors), ref.prepare(tensors)
+    for m in (3, 17):
+        x = torch.randn(m, k, generator=g)
+        x[:, 32:64] = 0  # a zero activation block
+        x[:, 512:544] *= 2.0**-40
+        x[:, 1056:1088] *= 2.0**20
+        y, r = kernel.apply_2d(x, prepared, None), ref.apply_2d(x, ref_prepared, None)
+        assert rel_err(y, r) <= 1e-5, f"M={m}: {rel_err(y, r):.2e}"
+        # the scales matter: dropping the per-32 scaling of one block changes the result
+        assert rel_err(y, ref.apply_2d(x.index_fill(1, torch.arange(1056, 1088), 0.0), ref_prepared, None)) > 1e-2
+
+
+def test_mxfp8_prepare_layout_and_bad_tensors():
+    scheme = get_scheme("MXFP8")
+    tensors, cfg = make_layer(scheme, 200, 160, torch.bfloat16)
+    kernel = Mxfp8TritonKernel(cfg)
+    p = kernel.prepare(tensors)
+    w, ws = p["weight"], p["weight_scale"]
+    assert w.shape == (256, 160) and w.dtype == torch.float8_e4m3fn  # N padded to 128
+    assert torch.equal(w[:200].view(torch.uint8), tensors["weight"].view(torch.uint8))
+    assert not w[200:].view(torch.uint8).any()
+    assert ws.shape == (5, 256) and ws.dtype == torch.uint8 and ws.is_contiguous()  # [K/32, Np]: coalesced along N
+    assert torch.equal(ws[:, :200], tensors["weight_scale"].t()) and not ws[:, 200:].any()
+    with pytest.raises(ValueError, match="weight is \\(200, 128\\)"):
+        kernel.prepare(dict(tensors, weight=tensors["weight"][:, :128]))
+    with pytest.raises(ValueError, match="weight_scale is"):
+        kernel.prepare(dict(tensors, weight_scale=tensors["weight_scale"].float()))
+    with pytest.raises(ValueError, match="missing weight_scale"):
+        kernel.prepare({"weight": tensors["weight"]})
+    assert "MXFP8 W8A8" in Mxfp8TritonKernel.can_implement(LinearConfig(get_scheme("MXFP8A16"), 64, 64, torch.bfloat16))[1]
+    assert "compute capability" in Mxfp8TritonKernel.is_supported((8, 9))[1]
+
+
 def test_prepare_aliases_aligned_weights():
     # no padding needed: the prepared weight is the module's tensor, not a copy (memory stays 1x)
     tensors, cfg = make_layer(get_scheme("FP8_DYNAMIC"), 256, 512, torch.bfloat16)
@@ -270,6 +327,14 @@ def test_opcheck_cpu_runnable_ops():
     utils = ("test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(torch.ops.quantops.fp8_scaled_mm, (xq, xs, p["weight"], p["weight_scale"], True, 40,
                                                               torch.bfloat16), test_utils=utils)
+    mx = get_scheme("MXFP8")
+    tensors, cfg = make_layer(mx, 40, 96, torch.bfloat16)
+    p = Mxfp8TritonKernel(cfg).prepare(tensors)
+    from quantops.formats.mxfp8 import quantize_mxfp8
+
+    xq, xs = quantize_mxfp8(torch.randn(5, 96), 96)
+    torch.library.opcheck(torch.ops.quantops.mxfp8_triton_mm, (xq, xs, p["weight"], p["weight_scale"], 40,
+                                                                torch.bfloat16), test_utils=utils)
     xi = torch.randint(-128, 127, (5, 80), dtype=torch.int8)
     torch.library.opcheck(torch.ops.quantops.int8_int_mm, (xi, torch.randint(-128, 127, (48, 80), dtype=torch.int8)))
 
@@ -288,6 +353,8 @@ def test_fake_impls_shapes_and_strides():
             torch.ops.quantops.flashinfer_fp8_bmm(xq, torch.empty(1), w, torch.empty(1), 200, torch.float16),
             torch.ops.quantops.flashinfer_fp8_blockscale_mm(xq, torch.empty(2, 7), w, torch.empty(2, 2), 200),
             torch.ops.quantops.fp8_blockwise_scaled_mm(xq, torch.empty(2, 7), w, torch.empty(2, 4), 200, torch.bfloat16),
+            torch.ops.quantops.mxfp8_triton_mm(xq, torch.empty(7, 8, dtype=torch.uint8), w,
+                                               torch.empty(8, 256, dtype=torch.uint8), 200, torch.bfloat16),
         ]
         for out in cases:
             assert out.shape == (7, 200) and out.stride() == (200, 1)
@@ -298,10 +365,11 @@ def test_apply_is_recordable_on_fx_proxies():
     cases = [(Fp8ScaledMMKernel, "FP8"), (Fp8BlockScaledMMKernel, "FP8_BLOCK"), (Fp8RowwiseFbgemmKernel, "FP8_DYNAMIC"),
              (Fp8TensorwiseFbgemmKernel, "FP8"), (Fp8BlockScaledFbgemmKernel, "FP8_BLOCK"), (Fp8FlashInferKernel, "FP8"),
              (Fp8BlockScaledFlashInferKernel, "FP8_BLOCK"), (Fp8TritonKernel, "FP8_DYNAMIC"),
-             (Fp8BlockScaledTritonKernel, "FP8_BLOCK"), (Int8IntMMKernel, "W8A8"), (Int8TritonKernel, "W8A8")]
+             (Fp8BlockScaledTritonKernel, "FP8_BLOCK"), (Int8IntMMKernel, "W8A8"), (Int8TritonKernel, "W8A8"),
+             (Mxfp8TritonKernel, "MXFP8")]
     for kcls, preset in cases:
         scheme = get_scheme(preset)
-        tensors, cfg = make_layer(scheme, 200, 328, torch.bfloat16)
+        tensors, cfg = make_layer(scheme, 200, 352, torch.bfloat16)  # K unaligned but whole MX blocks
         kernel = kcls(cfg)
         names = sorted(kernel.prepare(tensors))
         graph = torch.fx.Graph()

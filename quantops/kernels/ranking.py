@@ -175,6 +175,10 @@ RANKING: dict[str, dict[str, list[str]]] = {
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
+            # W8A8 on FP8 tensor cores (scales applied every 32 K): matches emulation in the Triton interpreter, not
+            # yet run on a GPU, so ranked where nothing reaches it unless named (QUANTOPS_LINEAR_BACKEND=
+            # Mxfp8TritonKernel) until a benchmark says where it wins
+            "triton_mxfp8:Mxfp8TritonKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,
         ],

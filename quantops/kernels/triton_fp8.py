@@ -21,7 +21,7 @@ def fp8_triton_mm(
     xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, n: int, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """xq [M, Kp] e4m3 with x_scale [M, 1] or [1]; weight [Np, Kp] e4m3 with w_scale [Np] or [1] -> [M, n]."""
-    return launch_fp8_gemm(xq, x_scale, weight, w_scale, n, out_dtype, block_scaled=False)
+    return launch_fp8_gemm(xq, x_scale, weight, w_scale, n, out_dtype, "epilogue")
 
 
 @fp8_triton_mm.register_fake

@@ -1,10 +1,12 @@
 """FP8 W8A8 GEMM in Triton: 128x128 weight blocks x 1x128 activation groups (DeepSeek-style), and, through
-the same launcher, per-tensor / per-channel weights x per-tensor / per-token activations (triton_fp8.py).
+the same launcher, per-tensor / per-channel weights x per-tensor / per-token activations (triton_fp8.py) and
+MXFP8's 1x32 E8M0 blocks on both operands (triton_mxfp8.py).
 
 Swap-AB tiling: a program computes out^T tiles [BLOCK_N, BLOCK_M], so the weight rows fill the MMA's large
 dimension and a decode batch (M = 1..16) only pads the small one. Block scaling multiplies each 128-deep
 partial product by its weight-block and activation-group scales (promotion into the fp32 accumulator every
-128 K, as DeepGEMM does); epilogue scaling applies per-row / per-column scales once at the end. Small M
+128 K, as DeepGEMM does); MX scaling does the same every 32 K (one 32-deep MMA per step, the two E8M0 codes
+decoded by a shift into fp32's exponent); epilogue scaling applies per-row / per-column scales once at the end. Small M
 splits K across programs (fp32 partials, then one reduction kernel that also applies epilogue scales).
 
 Hardware: FP8 tensor cores, sm89+ (tuned for Hopper). Layout: N padded to 128 and K to 256 in prepare (so
@@ -30,6 +32,8 @@ except ImportError:  # pragma: no cover
 
 N_ALIGN = 128  # one weight-scale block per BLOCK_N <= 128 tile
 K_ALIGN = 256  # every BLOCK_K (128 or 256) divides the padded K
+MX_BLOCK = 32  # MX scaling: BLOCK_K is the MX block, so K needs no padding beyond the format's own
+SCALINGS = ("epilogue", "block", "mx")
 
 
 def interpreting() -> bool:
@@ -43,7 +47,7 @@ if triton is not None:
         x_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr,
         M, N, K,
         stride_xm, stride_xs_m, stride_xs_k, stride_wn, stride_ws_n, stride_ws_k, stride_om, stride_split,
-        BLOCK_SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        SCALING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -69,7 +73,7 @@ if triton is not None:
         w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + (k_first * BLOCK_K + offs_k)[None, :]
         x_ptrs = x_ptr + offs_m.to(tl.int64)[None, :] * stride_xm + (k_first * BLOCK_K + offs_k)[:, None]
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        if BLOCK_SCALED:
+        if SCALING == 1:
             # BLOCK_K == 128 == the group size; BLOCK_N <= 128 divides 128: one weight scale per tile and step
             ws_ptrs = ws_ptr + ((pid_n * BLOCK_N) // 128) * stride_ws_n + k_first * stride_ws_k
             xs_ptrs = xs_ptr + offs_m * stride_xs_m + k_first * stride_xs_k
@@ -79,6 +83,21 @@ if triton is not None:
                 ws = tl.load(ws_ptrs)
                 xs = tl.load(xs_ptrs, mask=mask_m, other=0.0)
                 acc += tl.dot(w, x) * (xs[None, :] * ws)
+                w_ptrs += BLOCK_K
+                x_ptrs += BLOCK_K
+                ws_ptrs += stride_ws_k
+                xs_ptrs += stride_xs_k
+        elif SCALING == 2:
+            # BLOCK_K == 32 == the MX block. Codes: weight [Kp/32, Np] (coalesced along N), activation [M, K/32].
+            # code << 23 is 2^(code-127) as an fp32 bit pattern (code 0, a zero block, decodes to 0.0)
+            ws_ptrs = ws_ptr + offs_n * stride_ws_n + k_first * stride_ws_k
+            xs_ptrs = xs_ptr + offs_m * stride_xs_m + k_first * stride_xs_k
+            for _ in range(k_first, k_last):
+                w = tl.load(w_ptrs)
+                x = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
+                ws = (tl.load(ws_ptrs).to(tl.int32) << 23).to(tl.float32, bitcast=True)
+                xs = (tl.load(xs_ptrs, mask=mask_m, other=0).to(tl.int32) << 23).to(tl.float32, bitcast=True)
+                acc += tl.dot(w, x) * (ws[:, None] * xs[None, :])
                 w_ptrs += BLOCK_K
                 x_ptrs += BLOCK_K
                 ws_ptrs += stride_ws_k
@@ -122,9 +141,14 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def gemm_config(m: int, n: int, kp: int, block_scaled: bool, sms: int):
+def gemm_config(m: int, n: int, kp: int, scaling: str, sms: int):
     """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, GROUP_M, num_warps, num_stages) for this problem."""
-    if m <= 16:  # decode: weight streaming; deep pipelines of thin tiles, split K to fill the machine
+    block_scaled = scaling != "epilogue"
+    if scaling == "mx":  # 32-deep steps: twice the stages of the 128-deep kernels for the same bytes in flight
+        bm, bn, warps, stages = (16, 64, 4, 8) if m <= 16 else (32, 64, 4, 8) if m <= 32 else (
+            (64, 128, 4, 8) if m <= 64 else (128, 128, 8, 6))
+        bk = MX_BLOCK
+    elif m <= 16:  # decode: weight streaming; deep pipelines of thin tiles, split K to fill the machine
         bm, bn, bk, warps, stages = 16, 64, 128 if block_scaled else 256, 4, 5
     elif m <= 32:
         bm, bn, bk, warps, stages = 32, 64, 128, 4, 5
@@ -145,20 +169,24 @@ def gemm_config(m: int, n: int, kp: int, block_scaled: bool, sms: int):
     return bm, bn, bk, split, 8, warps, stages
 
 
-def launch_fp8_gemm(xq, x_scale, weight, w_scale, n: int, out_dtype, block_scaled: bool):
+def launch_fp8_gemm(xq, x_scale, weight, w_scale, n: int, out_dtype, scaling: str):
     """xq [M, Kp] e4m3 x weight [Np, Kp] e4m3 -> [M, n] out_dtype.
 
-    block_scaled: x_scale [M, Kp/128], w_scale [Np/128, Kp/128]. Otherwise x_scale [M, 1] or [1] and
-    w_scale [Np] or [1] (one element: per-tensor, read with stride 0)."""
+    scaling "block": x_scale [M, Kp/128], w_scale [Np/128, Kp/128] fp32. "mx": x_scale [M, Kp/32] and w_scale
+    [Kp/32, Np] E8M0 codes (uint8). "epilogue": x_scale [M, 1] or [1] and w_scale [Np] or [1] (one element:
+    per-tensor, read with stride 0)."""
+    block_scaled = scaling != "epilogue"
     m, kp = xq.shape
     out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
     if m == 0:
         return out
     xq = xq.contiguous()  # no-op for the quantizer's output; the kernel assumes unit stride along K
     sms = 4 if interpreting() or not xq.is_cuda else _sm_count(xq.device.index or 0)
-    bm, bn, bk, split, group_m, warps, stages = gemm_config(m, n, kp, block_scaled, sms)
-    if block_scaled:
+    bm, bn, bk, split, group_m, warps, stages = gemm_config(m, n, kp, scaling, sms)
+    if scaling == "block":
         (stride_xs_m, stride_xs_k), (stride_ws_n, stride_ws_k) = x_scale.stride(), w_scale.stride()
+    elif scaling == "mx":
+        (stride_xs_m, stride_xs_k), (stride_ws_k, stride_ws_n) = x_scale.stride(), w_scale.stride()
     else:
         x_scale, w_scale = x_scale.contiguous(), w_scale.contiguous()
         stride_xs_m, stride_xs_k = (0 if x_scale.numel() == 1 else 1), 0
@@ -168,7 +196,7 @@ def launch_fp8_gemm(xq, x_scale, weight, w_scale, n: int, out_dtype, block_scale
     _fp8_gemm_kernel[grid](
         xq, x_scale, weight, w_scale, target, m, n, kp,
         xq.stride(0), stride_xs_m, stride_xs_k, weight.stride(0), stride_ws_n, stride_ws_k, n, m * n,
-        BLOCK_SCALED=block_scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, GROUP_M=group_m,
+        SCALING=SCALINGS.index(scaling), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, GROUP_M=group_m,
         num_warps=warps, num_stages=stages,
     )
     if split > 1:
@@ -185,7 +213,7 @@ def fp8_blockscaled_triton_mm(
     xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, n: int, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """xq [M, Kp] e4m3 with x_scale [M, Kp/128]; weight [Np, Kp] e4m3 with w_scale [Np/128, Kp/128] -> [M, n]."""
-    return launch_fp8_gemm(xq, x_scale, weight, w_scale, n, out_dtype, block_scaled=True)
+    return launch_fp8_gemm(xq, x_scale, weight, w_scale, n, out_dtype, "block")
 
 
 @fp8_blockscaled_triton_mm.register_fake
