@@ -11,34 +11,18 @@ from __future__ import annotations
 import torch
 
 from ..formats import quantize_activation
-from .base import LinearKernel, check_all, needs_cuda, needs_library, pad_2d, round_up
-from .triton_fp8_blockscaled import K_ALIGN, N_ALIGN, launch_fp8_gemm
+from .base import pad_2d, round_up
+from .triton_fp8_blockscaled import K_ALIGN, N_ALIGN, Fp8TritonGemmKernel, fp8_gemm_op
 from .w8a8_prepare import check_canonical, pad_activation_k, pad_vector
 
 
-@torch.library.custom_op("quantops::fp8_triton_mm", mutates_args=())
-def fp8_triton_mm(
-    xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, n: int, out_dtype: torch.dtype
-) -> torch.Tensor:
-    """xq [M, Kp] e4m3 with x_scale [M, 1] or [1]; weight [Np, Kp] e4m3 with w_scale [Np] or [1] -> [M, n]."""
-    return launch_fp8_gemm(xq, x_scale, weight, w_scale, n, out_dtype, "epilogue")
+fp8_triton_mm = fp8_gemm_op("epilogue")
 
 
-@fp8_triton_mm.register_fake
-def _(xq, x_scale, weight, w_scale, n, out_dtype):
-    return xq.new_empty((xq.shape[0], n), dtype=out_dtype)
-
-
-class Fp8TritonKernel(LinearKernel):
+class Fp8TritonKernel(Fp8TritonGemmKernel):
     """FP8 per-tensor / per-channel weights x per-tensor / per-token activations, Triton split-K GEMM."""
 
-    backend = "triton"
     families = ("fp8",)
-    dtypes = (torch.bfloat16, torch.float16, torch.float32)
-
-    @classmethod
-    def is_supported(cls, capability):
-        return check_all(needs_cuda(capability, (9, 0)), lambda: needs_library("triton"))
 
     @classmethod
     def can_implement(cls, config):

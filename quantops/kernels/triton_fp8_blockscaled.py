@@ -208,29 +208,41 @@ def launch_fp8_gemm(xq, x_scale, weight, w_scale, n: int, out_dtype, scaling: st
     return out
 
 
-@torch.library.custom_op("quantops::fp8_blockscaled_triton_mm", mutates_args=())
-def fp8_blockscaled_triton_mm(
-    xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, n: int, out_dtype: torch.dtype
-) -> torch.Tensor:
-    """xq [M, Kp] e4m3 with x_scale [M, Kp/128]; weight [Np, Kp] e4m3 with w_scale [Np/128, Kp/128] -> [M, n]."""
-    return launch_fp8_gemm(xq, x_scale, weight, w_scale, n, out_dtype, "block")
+def fp8_gemm_op(scaling: str):
+    """quantops::<name>: the launcher for one scaling as a torch.library op -- xq [M, Kp] e4m3, x_scale, weight
+    [Np, Kp] e4m3, w_scale (as launch_fp8_gemm documents per scaling), n, out_dtype -> [M, n]."""
+    name = {"epilogue": "fp8_triton_mm", "block": "fp8_blockscaled_triton_mm", "mx": "mxfp8_triton_mm"}[scaling]
+
+    @torch.library.custom_op(f"quantops::{name}", mutates_args=())
+    def op(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, n: int,
+           out_dtype: torch.dtype) -> torch.Tensor:
+        return launch_fp8_gemm(xq, x_scale, weight, w_scale, n, out_dtype, scaling)
+
+    @op.register_fake
+    def _(xq, x_scale, weight, w_scale, n, out_dtype):
+        return xq.new_empty((xq.shape[0], n), dtype=out_dtype)
+
+    return op
 
 
-@fp8_blockscaled_triton_mm.register_fake
-def _(xq, x_scale, weight, w_scale, n, out_dtype):
-    return xq.new_empty((xq.shape[0], n), dtype=out_dtype)
+fp8_blockscaled_triton_mm = fp8_gemm_op("block")
 
 
-class Fp8BlockScaledTritonKernel(LinearKernel):
-    """FP8 128x128 weight blocks x 1x128 activation groups, Triton (swap-AB tiles, split-K for decode)."""
+class Fp8TritonGemmKernel(LinearKernel):
+    """What the kernels over this launcher share: Triton on FP8 tensor cores, tuned on Hopper."""
 
     backend = "triton"
-    families = ("fp8",)
     dtypes = (torch.bfloat16, torch.float16, torch.float32)
 
     @classmethod
     def is_supported(cls, capability):
         return check_all(needs_cuda(capability, (9, 0)), lambda: needs_library("triton"))
+
+
+class Fp8BlockScaledTritonKernel(Fp8TritonGemmKernel):
+    """FP8 128x128 weight blocks x 1x128 activation groups, Triton (swap-AB tiles, split-K for decode)."""
+
+    families = ("fp8",)
 
     @classmethod
     def can_implement(cls, config):

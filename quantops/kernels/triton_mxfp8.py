@@ -14,34 +14,19 @@ from __future__ import annotations
 
 import torch
 
-from .base import LinearKernel, check_all, needs_cuda, needs_library, pad_2d, round_up
+from .base import pad_2d, round_up
 from .fp4_layouts import check_canonical, native_scheme_check, quantize_activation_linear
-from .triton_fp8_blockscaled import N_ALIGN, launch_fp8_gemm
+from .triton_fp8_blockscaled import N_ALIGN, Fp8TritonGemmKernel, fp8_gemm_op
 
 
-@torch.library.custom_op("quantops::mxfp8_triton_mm", mutates_args=())
-def mxfp8_triton_mm(
-    xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, n: int, out_dtype: torch.dtype
-) -> torch.Tensor:
-    """xq [M, K] e4m3 with x_scale [M, K/32] E8M0 codes; weight [Np, K] e4m3 with w_scale [K/32, Np] codes -> [M, n]."""
-    return launch_fp8_gemm(xq, x_scale, weight, w_scale, n, out_dtype, "mx")
+# xq [M, K] e4m3 with x_scale [M, K/32] E8M0 codes; weight [Np, K] e4m3 with w_scale [K/32, Np] codes -> [M, n]
+mxfp8_triton_mm = fp8_gemm_op("mx")
 
 
-@mxfp8_triton_mm.register_fake
-def _(xq, x_scale, weight, w_scale, n, out_dtype):
-    return xq.new_empty((xq.shape[0], n), dtype=out_dtype)
-
-
-class Mxfp8TritonKernel(LinearKernel):
+class Mxfp8TritonKernel(Fp8TritonGemmKernel):
     """MXFP8 W8A8 on FP8 tensor cores, scales applied every 32 K (Hopper's stand-in for block-scaled MMA)."""
 
-    backend = "triton"
     families = ("mxfp8",)
-    dtypes = (torch.bfloat16, torch.float16, torch.float32)
-
-    @classmethod
-    def is_supported(cls, capability):
-        return check_all(needs_cuda(capability, (9, 0)), lambda: needs_library("triton"))
 
     @classmethod
     def can_implement(cls, config):
