@@ -254,6 +254,28 @@ def test_mxfp8_prepare_layout_and_bad_tensors():
     assert "compute capability" in Mxfp8TritonKernel.is_supported((8, 9))[1]
 
 
+def test_fp8_triton_ops_reject_bad_operands_before_launch():
+    f8, u8 = torch.float8_e4m3fn, torch.uint8
+    xq, w = torch.randn(5, 256).to(f8), torch.randn(128, 256).to(f8)
+    mx = torch.ops.quantops.mxfp8_triton_mm
+    good = (xq, torch.full((5, 8), 120, dtype=u8), w, torch.full((8, 128), 120, dtype=u8), 100, torch.bfloat16)
+    assert mx(*good).shape == (5, 100)
+    cases = [
+        (mx, (xq[:, :224],) + good[1:], "weight must be"),  # K differs
+        (mx, good[:2] + (w[:100],) + good[3:], "multiple of 128"),  # weight rows not padded
+        (mx, good[:1] + (torch.zeros(5, 8),) + good[2:], "expected x_scale"),  # scales not E8M0 codes
+        (mx, good[:3] + (torch.zeros(128, 8, dtype=u8),) + good[4:], "expected x_scale"),  # [Np, K/32]: not transposed
+        (mx, good[:4] + (129,) + good[5:], "n=129"),
+        (mx, (xq.to(torch.bfloat16),) + good[1:], "2-D e4m3"),
+        (torch.ops.quantops.fp8_blockscaled_triton_mm,
+         (xq, torch.ones(5, 2), w, torch.ones(1, 1), 100, torch.bfloat16), "w_scale \\(1, 2\\)"),
+        (torch.ops.quantops.fp8_triton_mm, (xq, torch.ones(4, 1), w, torch.ones(128), 100, torch.bfloat16), "x_scale"),
+    ]
+    for op, args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            op(*args)
+
+
 def test_prepare_aliases_aligned_weights():
     # no padding needed: the prepared weight is the module's tensor, not a copy (memory stays 1x)
     tensors, cfg = make_layer(get_scheme("FP8_DYNAMIC"), 256, 512, torch.bfloat16)
