@@ -9,7 +9,6 @@ cache and run the same kernels.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import textwrap
 

@@ -14,12 +14,7 @@ from typing import Optional
 import torch
 
 from .base import check_all, needs_cuda, needs_library
-from .weight_only_layout import (
-    WeightOnlyKernel,
-    check_activation,
-    element_bits,
-    group_size,
-)
+from .weight_only_layout import WeightOnlyKernel, check_activation, element_bits
 
 try:
     import triton

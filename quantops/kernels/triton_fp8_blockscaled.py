@@ -15,18 +15,18 @@ the main loop has no masks on the weight); activations are padded along K before
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 
 from ..formats import quantize_activation
 from .base import LinearKernel, check_all, needs_cuda, needs_library, pad_2d, round_up
+from .triton_common import launch_sms
 from .w8a8_prepare import check_canonical, pad_activation_k
 
 try:  # Triton is optional (absent on some platforms): its absence is a reason from is_supported
     import triton
     import triton.language as tl
+
+    from .triton_common import grouped_tile
 except ImportError:  # pragma: no cover
     triton = None
 
@@ -34,10 +34,6 @@ N_ALIGN = 128  # one weight-scale block per BLOCK_N <= 128 tile
 K_ALIGN = 256  # every BLOCK_K (128 or 256) divides the padded K
 MX_BLOCK = 32  # MX scaling: BLOCK_K is the MX block, so K needs no padding beyond the format's own
 SCALINGS = ("epilogue", "block", "mx")
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 if triton is not None:
@@ -50,16 +46,8 @@ if triton is not None:
         SCALING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
     ):
-        pid = tl.program_id(0)
+        pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
         pid_k = tl.program_id(1)
-        num_pid_m = tl.cdiv(M, BLOCK_M)
-        num_pid_n = tl.cdiv(N, BLOCK_N)
-        # grouped order: GROUP_M row tiles in a row reuse the same weight tiles from L2
-        num_pid_in_group = GROUP_M * num_pid_n
-        first_pid_m = (pid // num_pid_in_group) * GROUP_M
-        group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-        pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
-        pid_n = (pid % num_pid_in_group) // group_size_m
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -136,11 +124,6 @@ if triton is not None:
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def gemm_config(m: int, n: int, kp: int, scaling: str, sms: int):
     """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, GROUP_M, num_warps, num_stages) for this problem."""
     block_scaled = scaling != "epilogue"
@@ -210,8 +193,7 @@ def launch_fp8_gemm(xq, x_scale, weight, w_scale, n: int, out_dtype, scaling: st
     if m == 0:
         return out
     xq = xq.contiguous()  # no-op for the quantizer's output; the kernel assumes unit stride along K
-    sms = 4 if interpreting() or not xq.is_cuda else _sm_count(xq.device.index or 0)
-    bm, bn, bk, split, group_m, warps, stages = gemm_config(m, n, kp, scaling, sms)
+    bm, bn, bk, split, group_m, warps, stages = gemm_config(m, n, kp, scaling, launch_sms(xq))
     if scaling == "block":
         (stride_xs_m, stride_xs_k), (stride_ws_n, stride_ws_k) = x_scale.stride(), w_scale.stride()
     elif scaling == "mx":

@@ -12,18 +12,18 @@ Hardware: INT8 tensor cores (sm80+; tuned for Hopper). N and K padded to 256 in 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ..formats import quantize_activation
 from .base import LinearKernel, check_all, needs_cuda, needs_library, pad_2d, round_up
-from .triton_fp8_blockscaled import interpreting
+from .triton_common import launch_sms
 from .w8a8_prepare import check_canonical, pad_activation_k, pad_vector
 
 try:  # Triton is optional: its absence is a reason from is_supported
     import triton
     import triton.language as tl
+
+    from .triton_common import grouped_tile
 except ImportError:  # pragma: no cover
     triton = None
 
@@ -41,15 +41,8 @@ if triton is not None:
         ASYMMETRIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
     ):
-        pid = tl.program_id(0)
+        pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
         pid_k = tl.program_id(1)
-        num_pid_m = tl.cdiv(M, BLOCK_M)
-        num_pid_n = tl.cdiv(N, BLOCK_N)
-        num_pid_in_group = GROUP_M * num_pid_n
-        first_pid_m = (pid // num_pid_in_group) * GROUP_M
-        group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-        pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
-        pid_n = (pid % num_pid_in_group) // group_size_m
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -101,11 +94,6 @@ if triton is not None:
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def gemm_config(m: int, n: int, kp: int, sms: int):
     if m <= 16:
         bm, bn, bk, warps, stages = 16, 64, 256, 4, 5
@@ -142,8 +130,7 @@ def int8_triton_mm(
     if m == 0:
         return out
     xq, x_scale, w_scale = xq.contiguous(), x_scale.contiguous(), w_scale.contiguous()
-    sms = 4 if interpreting() or not xq.is_cuda else _sm_count(xq.device.index or 0)
-    bm, bn, bk, split, group_m, warps, stages = gemm_config(m, n, kp, sms)
+    bm, bn, bk, split, group_m, warps, stages = gemm_config(m, n, kp, launch_sms(xq))
     asym = x_zero_point is not None
     zp = x_zero_point.contiguous() if asym else x_scale  # an unused pointer when symmetric
     wsum = w_sum if asym else w_scale

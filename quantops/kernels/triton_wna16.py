@@ -12,31 +12,23 @@ Needs: CUDA sm_80+ and triton. On the CPU it runs under TRITON_INTERPRET=1 (test
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Optional
 
 import torch
 
 from .base import check_all, needs_cuda, needs_library
-from .weight_only_layout import (
-    WeightOnlyKernel,
-    check_activation,
-    element_bits,
-    group_size,
-)
+from .triton_common import interpreting, launch_sms
+from .weight_only_layout import WeightOnlyKernel, check_activation, element_bits
 
 try:  # triton is optional (absent on some platforms): its absence is a reason from is_supported
     import triton
     import triton.language as tl
+
+    from .triton_common import grouped_tile
 except ImportError:  # pragma: no cover - exercised only where triton is missing
     triton = None
 
 _DTYPES = (torch.bfloat16, torch.float16)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 if triton is not None:
@@ -110,16 +102,8 @@ if triton is not None:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, FP32_DOT: tl.constexpr,
     ):
-        pid = tl.program_id(0)
+        pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
         pid_k = tl.program_id(1)
-        num_pid_m = tl.cdiv(M, BLOCK_M)
-        num_pid_n = tl.cdiv(N, BLOCK_N)
-        # programs of one column of GROUP_M row tiles run together: weight tiles are re-read from L2
-        in_group = GROUP_M * num_pid_n
-        first_m = (pid // in_group) * GROUP_M
-        rows = min(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % in_group) % rows
-        pid_n = (pid % in_group) // rows
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         m_mask = offs_m < M
@@ -140,12 +124,7 @@ if triton is not None:
         tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def gemm_config(m: int, n: int, k: int, bits: int, device: torch.device) -> dict:
+def gemm_config(m: int, n: int, k: int, bits: int, sms: int) -> dict:
     """Tile shapes per M bucket, and the K split that gives every SM a program for small M."""
     if interpreting():
         cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=1)
@@ -162,7 +141,6 @@ def gemm_config(m: int, n: int, k: int, bits: int, device: torch.device) -> dict
     else:
         cfg = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     split = 1
     while split < 16 and tiles * split < sms and k >= cfg["BLOCK_K"] * split * 4:
         split *= 2
@@ -190,7 +168,7 @@ def weight_only_gemm_triton(
         return out
     x = x.contiguous()
     bits = element_bits(fmt)
-    cfg = gemm_config(m, n, k, bits, x.device)
+    cfg = gemm_config(m, n, k, bits, launch_sms(x))
     split = cfg.pop("SPLIT_K")
     target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
