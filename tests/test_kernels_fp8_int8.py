@@ -204,8 +204,8 @@ def test_prepare_pads_and_lays_out_scales():
 
 @pytest.mark.parametrize("n,k", [(72, 96), (200, 160)])
 def test_triton_mxfp8_vs_emulation(n, k):
-    # M = 1 / 5 / 33 / 130: the 16-, 64- and 128-token tile configs
-    check_against_emulation(Mxfp8TritonKernel, get_scheme("MXFP8"), n, k, (0, 1, 5, 33, 130), torch.bfloat16)
+    # M = 1 / 5, 20, 33, 130: the 16-, 32-, 64- and 128-token tile configs
+    check_against_emulation(Mxfp8TritonKernel, get_scheme("MXFP8"), n, k, (0, 1, 5, 20, 33, 130), torch.bfloat16)
 
 
 def test_triton_mxfp8_exact_in_fp32_split_k_zero_blocks_and_extreme_exponents():
