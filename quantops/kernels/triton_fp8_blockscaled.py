@@ -61,31 +61,25 @@ if triton is not None:
         w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + (k_first * BLOCK_K + offs_k)[None, :]
         x_ptrs = x_ptr + offs_m.to(tl.int64)[None, :] * stride_xm + (k_first * BLOCK_K + offs_k)[:, None]
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        if SCALING == 1:
-            # BLOCK_K == 128 == the group size; BLOCK_N <= 128 divides 128: one weight scale per tile and step
-            ws_ptrs = ws_ptr + ((pid_n * BLOCK_N) // 128) * stride_ws_n + k_first * stride_ws_k
+        if SCALING != 0:  # promotion: each K step's partial product times its scales, added in fp32
+            if SCALING == 1:
+                # BLOCK_K == 128 == the group size; BLOCK_N <= 128 divides 128: one weight scale per tile and step
+                ws_ptrs = ws_ptr + ((pid_n * BLOCK_N) // 128) * stride_ws_n + k_first * stride_ws_k
+            else:
+                # BLOCK_K == 32 == the MX block. Codes: weight [Kp/32, Np] (coalesced along N), activation [M, K/32]
+                ws_ptrs = ws_ptr + offs_n * stride_ws_n + k_first * stride_ws_k
             xs_ptrs = xs_ptr + offs_m * stride_xs_m + k_first * stride_xs_k
             for _ in range(k_first, k_last):
                 w = tl.load(w_ptrs)
                 x = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
                 ws = tl.load(ws_ptrs)
-                xs = tl.load(xs_ptrs, mask=mask_m, other=0.0)
-                acc += tl.dot(w, x) * (xs[None, :] * ws)
-                w_ptrs += BLOCK_K
-                x_ptrs += BLOCK_K
-                ws_ptrs += stride_ws_k
-                xs_ptrs += stride_xs_k
-        elif SCALING == 2:
-            # BLOCK_K == 32 == the MX block. Codes: weight [Kp/32, Np] (coalesced along N), activation [M, K/32].
-            # code << 23 is 2^(code-127) as an fp32 bit pattern (code 0, a zero block, decodes to 0.0)
-            ws_ptrs = ws_ptr + offs_n * stride_ws_n + k_first * stride_ws_k
-            xs_ptrs = xs_ptr + offs_m * stride_xs_m + k_first * stride_xs_k
-            for _ in range(k_first, k_last):
-                w = tl.load(w_ptrs)
-                x = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
-                ws = (tl.load(ws_ptrs).to(tl.int32) << 23).to(tl.float32, bitcast=True)
-                xs = (tl.load(xs_ptrs, mask=mask_m, other=0).to(tl.int32) << 23).to(tl.float32, bitcast=True)
-                acc += tl.dot(w, x) * (ws[:, None] * xs[None, :])
+                xs = tl.load(xs_ptrs, mask=mask_m, other=0)
+                if SCALING == 1:
+                    acc += tl.dot(w, x) * (xs[None, :] * ws)
+                else:  # code << 23 is 2^(code-127) as an fp32 bit pattern (code 0, a zero block, decodes to 0.0)
+                    ws = (ws.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+                    xs = (xs.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+                    acc += tl.dot(w, x) * (ws[:, None] * xs[None, :])
                 w_ptrs += BLOCK_K
                 x_ptrs += BLOCK_K
                 ws_ptrs += stride_ws_k
