@@ -147,31 +147,35 @@ def gemm_config(m: int, n: int, kp: int, scaling: str, sms: int):
 
 
 def check_operands(xq, x_scale, weight, w_scale, n: int, scaling: str) -> None:
-    """Clear errors before any launch: the kernel reads whole weight tiles and K steps without masks."""
-    who = f"FP8 Triton GEMM ({scaling} scaling)"
+    """Clear errors before any launch: the kernel reads whole weight tiles and K steps without masks. (On every call,
+    so the messages are only built on failure.)"""
+
+    def fail(what: str):
+        raise ValueError(f"FP8 Triton GEMM ({scaling} scaling): {what}")
+
     f8 = torch.float8_e4m3fn
     if xq.dim() != 2 or weight.dim() != 2 or xq.dtype != f8 or weight.dtype != f8:
-        raise ValueError(f"{who}: activation and weight must be 2-D e4m3, got {tuple(xq.shape)} {xq.dtype} and "
-                         f"{tuple(weight.shape)} {weight.dtype}")
+        fail(f"activation and weight must be 2-D e4m3, got {tuple(xq.shape)} {xq.dtype} and {tuple(weight.shape)} "
+             f"{weight.dtype}")
     (m, kp), (np_, kw) = xq.shape, weight.shape
     step = MX_BLOCK if scaling == "mx" else K_ALIGN
     if kw != kp or kp % step or np_ % N_ALIGN or not 0 < n <= np_ or weight.stride(1) != 1:
-        raise ValueError(f"{who}: weight must be [Np, Kp] with Np a multiple of {N_ALIGN} and >= n={n}, Kp the "
-                         f"activation's K and a multiple of {step}, unit stride along K; got activation {tuple(xq.shape)}, "
-                         f"weight {tuple(weight.shape)} strides {weight.stride()}")
+        fail(f"weight must be [Np, Kp] with Np a multiple of {N_ALIGN} and >= n={n}, Kp the activation's K and a "
+             f"multiple of {step}, unit stride along K; got activation {tuple(xq.shape)}, weight {tuple(weight.shape)} "
+             f"strides {weight.stride()}")
     want = {"block": (((m, kp // 128), torch.float32), ((np_ // 128, kp // 128), torch.float32)),
             "mx": (((m, kp // MX_BLOCK), torch.uint8), ((kp // MX_BLOCK, np_), torch.uint8))}.get(scaling)
     if want is None:  # epilogue: one scale, or one per token / per weight row
         ok = x_scale.numel() in (1, m) and w_scale.numel() in (1, np_) and x_scale.dtype == w_scale.dtype == torch.float32
-        want_text = f"x_scale [1] or [{m}, 1], w_scale [1] or [{np_}], float32"
     else:
         ok = all(tuple(t.shape) == shape and t.dtype == dtype for t, (shape, dtype) in zip((x_scale, w_scale), want))
-        want_text = f"x_scale {want[0][0]} and w_scale {want[1][0]} {want[0][1]}"
     if not ok:
-        raise ValueError(f"{who}: expected {want_text}; got x_scale {tuple(x_scale.shape)} {x_scale.dtype}, "
-                         f"w_scale {tuple(w_scale.shape)} {w_scale.dtype}")
+        expected = (f"x_scale [1] or [{m}, 1], w_scale [1] or [{np_}], float32" if want is None
+                    else f"x_scale {want[0][0]} and w_scale {want[1][0]} {want[0][1]}")
+        fail(f"expected {expected}; got x_scale {tuple(x_scale.shape)} {x_scale.dtype}, w_scale "
+             f"{tuple(w_scale.shape)} {w_scale.dtype}")
     if len({xq.device, x_scale.device, weight.device, w_scale.device}) != 1:
-        raise ValueError(f"{who}: operands on different devices")
+        fail("operands on different devices")
 
 
 def launch_fp8_gemm(xq, x_scale, weight, w_scale, n: int, out_dtype, scaling: str):
