@@ -240,11 +240,15 @@ def test_mxfp8_prepare_layout_and_bad_tensors():
     kernel = Mxfp8TritonKernel(cfg)
     p = kernel.prepare(tensors)
     w, ws = p["weight"], p["weight_scale"]
-    assert w.shape == (256, 160) and w.dtype == torch.float8_e4m3fn  # N padded to 128
-    assert torch.equal(w[:200].view(torch.uint8), tensors["weight"].view(torch.uint8))
-    assert not w[200:].view(torch.uint8).any()
-    assert ws.shape == (5, 256) and ws.dtype == torch.uint8 and ws.is_contiguous()  # [K/32, Np]: coalesced along N
-    assert torch.equal(ws[:, :200], tensors["weight_scale"].t()) and not ws[:, 200:].any()
+    assert w.shape == (256, 256) and w.dtype == torch.float8_e4m3fn  # N and K padded to 128
+    assert torch.equal(w[:200, :160].view(torch.uint8), tensors["weight"].view(torch.uint8))
+    assert not w[200:].view(torch.uint8).any() and not w[:, 160:].view(torch.uint8).any()
+    # [Kp/128, Np] int32, coalesced along N; word [k, n] holds row n's codes of blocks 4k..4k+3, byte j = block 4k+j
+    assert ws.shape == (2, 256) and ws.dtype == torch.int32 and ws.is_contiguous()
+    codes = tensors["weight_scale"]
+    for blk in range(5):
+        assert torch.equal(((ws[blk // 4, :200] >> (8 * (blk % 4))) & 0xFF).to(torch.uint8), codes[:, blk])
+    assert not (ws[1, :200] >> 8).any() and not ws[:, 200:].any()  # padded blocks and rows: code 0
     with pytest.raises(ValueError, match="weight is \\(200, 128\\)"):
         kernel.prepare(dict(tensors, weight=tensors["weight"][:, :128]))
     with pytest.raises(ValueError, match="weight_scale is"):
@@ -259,13 +263,16 @@ def test_fp8_triton_ops_reject_bad_operands_before_launch():
     f8, u8 = torch.float8_e4m3fn, torch.uint8
     xq, w = torch.randn(5, 256).to(f8), torch.randn(128, 256).to(f8)
     mx = torch.ops.quantops.mxfp8_triton_mm
-    good = (xq, torch.full((5, 8), 120, dtype=u8), w, torch.full((8, 128), 120, dtype=u8), 100, torch.bfloat16)
+    good = (xq, torch.full((5, 8), 120, dtype=u8), w, torch.full((2, 128), 0x78787878, dtype=torch.int32), 100,
+            torch.bfloat16)
     assert mx(*good).shape == (5, 100)
     cases = [
         (mx, (xq[:, :224],) + good[1:], "weight must be"),  # K differs
+        (mx, (xq[:, :160], good[1][:, :5], w[:, :160]) + good[3:], "multiple of 128"),  # K not padded to 128
         (mx, good[:2] + (w[:100],) + good[3:], "multiple of 128"),  # weight rows not padded
         (mx, good[:1] + (torch.zeros(5, 8),) + good[2:], "expected x_scale"),  # scales not E8M0 codes
-        (mx, good[:3] + (torch.zeros(128, 8, dtype=u8),) + good[4:], "expected x_scale"),  # [Np, K/32]: not transposed
+        (mx, good[:3] + (torch.zeros(128, 2, dtype=torch.int32),) + good[4:], "expected x_scale"),  # not transposed
+        (mx, good[:3] + (torch.zeros(8, 128, dtype=u8),) + good[4:], "expected x_scale"),  # codes not packed
         (mx, good[:4] + (129,) + good[5:], "n=129"),
         (mx, (xq.to(torch.bfloat16),) + good[1:], "2-D e4m3"),
         (torch.ops.quantops.fp8_blockscaled_triton_mm,
@@ -355,7 +362,7 @@ def test_opcheck_cpu_runnable_ops():
     p = Mxfp8TritonKernel(cfg).prepare(tensors)
     from quantops.formats.mxfp8 import quantize_mxfp8
 
-    xq, xs = quantize_mxfp8(torch.randn(5, 96), 96)
+    xq, xs = quantize_mxfp8(torch.randn(5, 128), 128)  # activations padded to the prepared K
     torch.library.opcheck(torch.ops.quantops.mxfp8_triton_mm, (xq, xs, p["weight"], p["weight_scale"], 40,
                                                                 torch.bfloat16), test_utils=utils)
     xi = torch.randint(-128, 127, (5, 80), dtype=torch.int8)
@@ -377,7 +384,7 @@ def test_fake_impls_shapes_and_strides():
             torch.ops.quantops.flashinfer_fp8_blockscale_mm(xq, torch.empty(2, 7), w, torch.empty(2, 2), 200),
             torch.ops.quantops.fp8_blockwise_scaled_mm(xq, torch.empty(2, 7), w, torch.empty(2, 4), 200, torch.bfloat16),
             torch.ops.quantops.mxfp8_triton_mm(xq, torch.empty(7, 8, dtype=torch.uint8), w,
-                                               torch.empty(8, 256, dtype=torch.uint8), 200, torch.bfloat16),
+                                               torch.empty(2, 256, dtype=torch.int32), 200, torch.bfloat16),
         ]
         for out in cases:
             assert out.shape == (7, 200) and out.stride() == (200, 1)

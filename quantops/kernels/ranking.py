@@ -175,9 +175,10 @@ RANKING: dict[str, dict[str, list[str]]] = {
             # Hopper (and any sm80+): weight-only, activations kept in bf16, with a logged notice
             "cuda_wna16:WeightOnlyGemvCudaKernel@m<=128",
             "dequant_cublas:WeightOnlyDequantCublasKernel",
-            # W8A8 on FP8 tensor cores (scales applied every 32 K): matches emulation in the Triton interpreter, not
-            # yet run on a GPU, so ranked where nothing reaches it unless named (QUANTOPS_LINEAR_BACKEND=
-            # Mxfp8TritonKernel) until a benchmark says where it wins
+            # W8A8 on FP8 tensor cores, scales applied every 32 K: the scheme's own numerics, but slower than the
+            # weight-only pair above at every M (H200, geo-mean over 8192^2 + Llama-3-8B, M=1..4096: 0.97 / 0.90 /
+            # 0.65 / 0.39 / 0.31-0.34x of bf16 vs 1.48 / 1.19 / 0.84 / 0.58 / 0.55-0.96x), so only when named
+            # (QUANTOPS_LINEAR_BACKEND=Mxfp8TritonKernel)
             "triton_mxfp8:Mxfp8TritonKernel",
             "triton_wna16:WeightOnlyGemmTritonKernel",
             EMULATION,

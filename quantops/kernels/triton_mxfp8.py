@@ -6,8 +6,10 @@ the emulation kernel does (plain torch ops, fused by Inductor), so this runs the
 weight-only kernels keep bf16 activations.
 
 Hardware: FP8 tensor cores, sm90 (tuned and measured on Hopper only; sm100+ ranks FlashInfer's native MX GEMM
-first). Layout from prepare: weight [Np, K] e4m3, N zero-padded to 128; weight scales transposed to
-[K/32, Np] E8M0 codes so that a K step reads them coalesced along N. K needs no padding (a multiple of 32).
+first). Layout from prepare: weight [Np, Kp] e4m3, N zero-padded to 128 and K to 128; weight scales as [Kp/128, Np]
+int32, each the E8M0 codes of four consecutive 32-blocks of one row (byte j: block 4*k+j), so that a 128-deep K
+step reads one 32-bit word per row, coalesced along N. Activations are padded to Kp before quantization (a copy,
+only where K is not a multiple of 128).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import torch
 
 from .base import pad_2d, round_up
 from .fp4_layouts import check_canonical, native_scheme_check, quantize_activation_linear
-from .triton_fp8_blockscaled import N_ALIGN, Fp8TritonGemmKernel, fp8_gemm_op
+from .triton_fp8_blockscaled import MX_K_ALIGN, N_ALIGN, Fp8TritonGemmKernel, fp8_gemm_op
+from .w8a8_prepare import pad_activation_k
 
-
-# xq [M, K] e4m3 with x_scale [M, K/32] E8M0 codes; weight [Np, K] e4m3 with w_scale [K/32, Np] codes -> [M, n]
+# xq [M, Kp] e4m3 with x_scale [M, Kp/32] E8M0 codes; weight [Np, Kp] e4m3 with w_scale [Kp/128, Np] int32 (four
+# codes each) -> [M, n]
 mxfp8_triton_mm = fp8_gemm_op("mx")
 
 
@@ -34,20 +37,20 @@ class Mxfp8TritonKernel(Fp8TritonGemmKernel):
 
     def __init__(self, config):
         super().__init__(config)
-        self.np = round_up(config.n, N_ALIGN)
+        self.np, self.kp = round_up(config.n, N_ALIGN), round_up(config.k, MX_K_ALIGN)
 
     def prepare(self, tensors):
         cfg = self.config
         check_canonical(tensors, self.scheme, cfg.n, cfg.k, f"{self.kernel_name()}.prepare")
-        codes = tensors["weight_scale"].view(torch.uint8)
+        # padded rows and K blocks: zero weights under code 0 (0.0), so they add nothing
+        codes = pad_2d(tensors["weight_scale"].view(torch.uint8), self.np, self.kp // 32)
         return {
-            "weight": pad_2d(tensors["weight"], self.np, cfg.k),
-            # padded rows: zero weights under code 0 (0.0), so they add nothing; the output is sliced to N anyway
-            "weight_scale": pad_2d(codes.t().contiguous(), cfg.k // 32, self.np),
+            "weight": pad_2d(tensors["weight"], self.np, self.kp),
+            "weight_scale": codes.contiguous().view(torch.int32).t().contiguous(),  # little-endian: byte j = block 4k+j
         }
 
     def apply_2d(self, x, prepared, bias):
         cfg = self.config
-        xq, xs = quantize_activation_linear(x, self.scheme, cfg.k)
+        xq, xs = quantize_activation_linear(pad_activation_k(x, cfg.k, self.kp), self.scheme, self.kp)
         out = torch.ops.quantops.mxfp8_triton_mm(xq, xs, prepared["weight"], prepared["weight_scale"], cfg.n, cfg.dtype)
         return out if bias is None else out + bias
