@@ -122,17 +122,38 @@ def test_triton_gemm_channel_odd_k_fp16_and_bias():
     assert rel_err(out, reference(scheme, tensors, x, torch.float16) + bias) <= TOL
 
 
-@pytest.mark.parametrize("name,kw", [SCHEMES[i] for i in (1, 2, 4, 6, 8)], ids=[IDS[i] for i in (1, 2, 4, 6, 8)])
+@pytest.mark.parametrize("name,kw", SCHEMES, ids=IDS)
 def test_dequant_cublas_matches_emulation(name, kw):
     from quantops.kernels.dequant_cublas import WeightOnlyDequantCublasKernel
 
-    n, k = 37, 256  # two k blocks of the dequantize pass
+    # K = 256: two whole 128-column tiles of the dequantize pass; K = 96: one partial tile
+    for n, k in ((37, 256), (33, 96)):
+        scheme, tensors = make_layer(name, kw, n, k)
+        for dtype in (torch.bfloat16, torch.float32):
+            x = torch.randn(4, k, dtype=dtype)
+            out = run_kernel(WeightOnlyDequantCublasKernel, scheme, tensors, x, dtype)
+            assert out.dtype == dtype
+            assert rel_err(out, reference(scheme, tensors, x, dtype)) <= TOL, (n, k, dtype)
+
+
+@pytest.mark.parametrize("name,kw,k", [("W4A16", {"group_size": 64}, 320), ("W8A16", {"group_size": 128}, 384),
+                                       ("W4A16_ASYM", {"group_size": 256}, 512), ("W4A16", {"group_size": 96}, 288),
+                                       ("W4A16_ASYM", {"weight_strategy": "channel", "group_size": None}, 72),
+                                       ("MXFP8A16", {}, 160), ("MXFP4A16", {}, 96)])
+def test_dequantize_pass_is_exact(name, kw, k):
+    """The dequantize pass alone, fp32 out, against the format's own dequantize() element for element: groups
+    inside a tile (64), one per tile (128), spanning tiles (256), not tiling it (96: the per-column path), and
+    per-channel with K not a whole word or tile (72); e4m3 and e2m1 codes under E8M0 scales (exact products too)."""
+    from quantops.formats import dequantize_weight
+    from quantops.kernels.dequant_cublas import WeightOnlyDequantCublasKernel, dequantize
+
+    n = 40
     scheme, tensors = make_layer(name, kw, n, k)
-    for dtype in (torch.bfloat16, torch.float32):
-        x = torch.randn(4, k, dtype=dtype)
-        out = run_kernel(WeightOnlyDequantCublasKernel, scheme, tensors, x, dtype)
-        assert out.dtype == dtype
-        assert rel_err(out, reference(scheme, tensors, x, dtype)) <= TOL
+    kernel = WeightOnlyDequantCublasKernel(LinearConfig(scheme, n, k, torch.float32))
+    p = kernel.prepare(tensors)
+    w = dequantize(p["qweight"], p["scales"], p.get("zeros"), p.get("g_idx"), kernel.fmt, kernel.group_size, n, k,
+                   torch.float32)
+    assert torch.equal(w, dequantize_weight(tensors, scheme, shape=(n, k)))
 
 
 def test_triton_op_opcheck_and_errors():

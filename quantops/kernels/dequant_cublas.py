@@ -20,7 +20,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .triton_wna16 import weight_tile
+    from .triton_wna16 import decode_float_codes
 except ImportError:  # pragma: no cover - exercised only where triton is missing
     triton = None
 
@@ -31,32 +31,62 @@ if triton is not None:
     @triton.jit
     def dequantize_weight_kernel(
         w_ptr, s_ptr, z_ptr, g_ptr, out_ptr, N, K, G, stride_wn,
-        FMT: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, GROUP: tl.constexpr,
-        HAS_ZP: tl.constexpr, HAS_GIDX: tl.constexpr, SCALE_ROW: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        FMT: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, GROUP: tl.constexpr, HAS_ZP: tl.constexpr,
+        HAS_GIDX: tl.constexpr, GROUPING: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
+        """W[n, k] tile [BLOCK_N, BLOCK_K] in the weight's own row-major order, so that the packed words are read
+        and the output written along K in wide, coalesced accesses. GROUPING 0: the tile lies in one group of
+        each row (one scale per row); 1: it holds BLOCK_K // GROUP whole groups (scales broadcast over each);
+        2: a group index per column (act-order g_idx, or groups that do not tile BLOCK_K)."""
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         k0 = tl.program_id(1) * BLOCK_K
-        wt = weight_tile(
-            w_ptr, s_ptr, z_ptr, g_ptr, offs_n, k0, N, K, G, stride_wn,
-            FMT, BITS, PER, GROUP, HAS_ZP, HAS_GIDX, SCALE_ROW, BLOCK_K, BLOCK_N,
-        )  # [BLOCK_K, BLOCK_N]
+        n_mask = offs_n < N
+        kw = k0 // PER + tl.arange(0, BLOCK_K // PER)
+        words = tl.load(w_ptr + offs_n[:, None] * stride_wn + kw[None, :],
+                        mask=n_mask[:, None] & (kw[None, :] < tl.cdiv(K, PER)), other=0)
+        shifts = tl.arange(0, PER) * BITS  # element j of a word sits at bits [j*BITS, (j+1)*BITS)
+        codes = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1), (BLOCK_N, BLOCK_K))
         kk = k0 + tl.arange(0, BLOCK_K)
-        mask = (kk[:, None] < K) & (offs_n[None, :] < N)
-        tl.store(out_ptr + offs_n[None, :] * K + kk[:, None], wt.to(out_ptr.dtype.element_ty), mask=mask)
+        k_mask = kk < K
+        mask = n_mask[:, None] & k_mask[None, :]
+        gi = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP if GROUPING == 1 else 1)  # the tile's groups
+        if GROUPING == 2:
+            grp = tl.load(g_ptr + kk, mask=k_mask, other=0) if HAS_GIDX else kk // GROUP
+            at = offs_n[:, None] * G + grp[None, :]
+        else:
+            at = offs_n[:, None] * G + gi[None, :]
+        at_mask = mask if GROUPING == 2 else n_mask[:, None] & (gi[None, :] < G)
+        if FMT == 0 or FMT == 1:
+            if HAS_ZP:
+                zp = tl.load(z_ptr + at, mask=at_mask, other=0).to(tl.int32)
+            else:  # symmetric ints: codes are stored offset by half the range
+                zp = tl.full(at.shape, 1 << (BITS - 1), tl.int32)
+        sc = tl.load(s_ptr + at, mask=at_mask, other=0.0).to(tl.float32)
+        if GROUPING == 1:  # [BLOCK_N, groups] -> [BLOCK_N, BLOCK_K]: each group's value over its GROUP columns
+            sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BLOCK_N, BLOCK_K // GROUP, GROUP)), (BLOCK_N, BLOCK_K))
+            if FMT == 0 or FMT == 1:
+                zp = tl.reshape(tl.broadcast_to(zp[:, :, None], (BLOCK_N, BLOCK_K // GROUP, GROUP)), (BLOCK_N, BLOCK_K))
+        if FMT == 0 or FMT == 1:
+            vals = (codes - zp).to(tl.float32)
+        else:
+            vals = decode_float_codes(codes, FMT)
+        tl.store(out_ptr + offs_n[:, None] * K + kk[None, :], (vals * sc).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def dequantize(qweight, scales, zeros, g_idx, fmt: int, gs: int, n: int, k: int, dtype: torch.dtype) -> torch.Tensor:
     """The weight [N, K] in `dtype` from the common weight-only layout."""
     w = torch.empty((n, k), dtype=dtype, device=qweight.device)
     bits = element_bits(fmt)
-    block_n, block_k = 64, 128
+    block_n, block_k = 32, 128
+    if scales.shape[1] == 1:  # per channel: one group spanning every tile
+        gs = triton.cdiv(k, block_k) * block_k
+    grouping = 2 if g_idx is not None or (gs % block_k and block_k % gs) else 0 if gs % block_k == 0 else 1
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
     dequantize_weight_kernel[grid](
         qweight, scales, zeros if zeros is not None else scales, g_idx if g_idx is not None else qweight, w,
         n, k, scales.shape[1], qweight.stride(0),
         FMT=fmt, BITS=bits, PER=32 // bits, GROUP=gs, HAS_ZP=zeros is not None, HAS_GIDX=g_idx is not None,
-        SCALE_ROW=g_idx is None and gs % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+        GROUPING=grouping, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
     )
     return w
 
