@@ -29,6 +29,14 @@ _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 if triton is not None:
 
     @triton.jit
+    def per_column(v, GROUPING: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr):
+        """Per-group values [BLOCK_N, GROUPS] -> one per column [BLOCK_N, GROUPS * GROUP] (GROUPING 1); the other
+        groupings already broadcast against the tile."""
+        if GROUPING == 1:
+            v = tl.reshape(tl.broadcast_to(v[:, :, None], (v.shape[0], GROUPS, GROUP)), (v.shape[0], GROUPS * GROUP))
+        return v
+
+    @triton.jit
     def dequantize_weight_kernel(
         w_ptr, s_ptr, z_ptr, g_ptr, out_ptr, N, K, G, stride_wn,
         FMT: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, GROUP: tl.constexpr, HAS_ZP: tl.constexpr,
@@ -56,17 +64,11 @@ if triton is not None:
         else:
             at = offs_n[:, None] * G + gi[None, :]
         at_mask = mask if GROUPING == 2 else n_mask[:, None] & (gi[None, :] < G)
+        sc = per_column(tl.load(s_ptr + at, mask=at_mask, other=0.0).to(tl.float32), GROUPING, BLOCK_K // GROUP, GROUP)
         if FMT == 0 or FMT == 1:
+            zp = 1 << (BITS - 1)  # symmetric ints: codes are stored offset by half the range
             if HAS_ZP:
-                zp = tl.load(z_ptr + at, mask=at_mask, other=0).to(tl.int32)
-            else:  # symmetric ints: codes are stored offset by half the range
-                zp = tl.full(at.shape, 1 << (BITS - 1), tl.int32)
-        sc = tl.load(s_ptr + at, mask=at_mask, other=0.0).to(tl.float32)
-        if GROUPING == 1:  # [BLOCK_N, groups] -> [BLOCK_N, BLOCK_K]: each group's value over its GROUP columns
-            sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BLOCK_N, BLOCK_K // GROUP, GROUP)), (BLOCK_N, BLOCK_K))
-            if FMT == 0 or FMT == 1:
-                zp = tl.reshape(tl.broadcast_to(zp[:, :, None], (BLOCK_N, BLOCK_K // GROUP, GROUP)), (BLOCK_N, BLOCK_K))
-        if FMT == 0 or FMT == 1:
+                zp = per_column(tl.load(z_ptr + at, mask=at_mask, other=0).to(tl.int32), GROUPING, BLOCK_K // GROUP, GROUP)
             vals = (codes - zp).to(tl.float32)
         else:
             vals = decode_float_codes(codes, FMT)
