@@ -12,13 +12,12 @@ bf16 F.linear timed in the same run.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 
 import torch
 
-from quantops.bench import L2_FLUSH_BYTES, Options, time_calls
+from quantops.bench import L2_FLUSH_BYTES, Options, time_calls, write_dict_csv
 
 SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 MS = [int(m) for m in os.environ.get("VARIANT_MS", "1,16,64,128,512,2048,4096").split(",")]
@@ -62,10 +61,7 @@ def main() -> None:
         del bf16, rw, sh
         torch.cuda.empty_cache()
     path = os.path.join(args.out, "fbgemm_w4afp8_variants.csv")
-    with open(path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+    write_dict_csv(rows, path)
     logs = [math.log(r["shuffled_over_rowwise"]) for r in rows]
     print(f"wrote {path}; shuffled / row-wise speed, geo-mean over {len(rows)} cases: {math.exp(sum(logs) / len(logs)):.2f}x")
 

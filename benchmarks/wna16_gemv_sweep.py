@@ -11,7 +11,6 @@ median of triton.testing.do_bench. Bytes = packed weights + scales (+ zeros) + x
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 
@@ -20,6 +19,7 @@ import triton.testing
 
 from quantops import get_scheme, quantize_weight
 from quantops.kernels import cuda_ext
+from quantops.bench import write_dict_csv
 from quantops.kernels.base import LinearConfig
 from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 
@@ -117,10 +117,7 @@ def main():
         del preps, bf_copies
         torch.cuda.empty_cache()
     path = os.path.join(args.out, "gemv_sweep.csv")
-    with open(path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+    write_dict_csv(rows, path)
     print("wrote", path)
 
 

@@ -352,6 +352,14 @@ def write_csv(results: list[Result], path: str):
             wr.writerow([getattr(r, c) if c != "ratio" else r.ratio for c in cols])
 
 
+def write_dict_csv(rows: list[dict], path: str):
+    """Rows of one set of keys (the first row's, in order) as a CSV: the benchmark scripts' sweeps."""
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+
+
 def write_plot(results: list[Result], path: str) -> str:
     try:
         import matplotlib
