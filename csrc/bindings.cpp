@@ -78,9 +78,11 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
   }
   TORCH_CHECK(groups == 1 || groups * group_size >= k_pad,
               "weight_only_gemv: scales must be [", n_pad, ", G] covering ", k_pad, " columns, got ", scales.sizes());
-  const bool nvfp4 = fmt == quantops::kFp4 && group_size == 16;
-  TORCH_CHECK(!nvfp4 || (alpha && alpha->is_cuda() && alpha->scalar_type() == at::kFloat && alpha->numel() == 1),
-              "weight_only_gemv: NVFP4 needs alpha = 1 / weight_global_scale, fp32 [1] on the GPU");
+  // float formats: NVFP4's alpha = 1 / weight_global_scale; MX's alpha = 2^p, the power of two that keeps every block
+  // multiplier a finite bf16 (ScalePost in weight_only_decode.cuh; cuda_wna16.py prepares it)
+  TORCH_CHECK(is_int || (alpha && alpha->is_cuda() && alpha->scalar_type() == at::kFloat && alpha->numel() == 1),
+              "weight_only_gemv: float weights need alpha, fp32 [1] on the GPU (NVFP4: 1 / weight_global_scale; "
+              "MX: 2^p, see WeightOnlyGemvCudaKernel.prepare)");
   if (zeros) {
     TORCH_CHECK(zeros->is_cuda() && zeros->scalar_type() == at::kByte && zeros->is_contiguous() &&
                     zeros->sizes() == scales.sizes(),
@@ -105,7 +107,7 @@ at::Tensor weight_only_gemv(const at::Tensor& x, const at::Tensor& qweight, cons
   a.w = qweight.data_ptr();
   a.scales = scales.data_ptr();
   a.zeros = zeros ? zeros->data_ptr<uint8_t>() : nullptr;
-  a.alpha = (nvfp4 && alpha) ? alpha->data_ptr<float>() : nullptr;
+  a.alpha = (!is_int && alpha) ? alpha->data_ptr<float>() : nullptr;
   a.out = out.data_ptr();
   a.M = int(m);
   a.N = int(n);

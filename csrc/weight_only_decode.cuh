@@ -21,6 +21,8 @@ struct FormatTraits {
   static constexpr int kValuesPerChunk = 128 / kBits;  // one 16-byte load
   static constexpr bool kIsInt = (FMT == kInt4 || FMT == kInt8);
   static constexpr int kBlockK = 4 * kValuesPerChunk;  // columns of one 1024-byte tile
+  // e2m1 / e4m3 are decoded by placing their bits in a bf16, which reads as the value times 2^-kDecodeShift
+  static constexpr int kDecodeShift = FMT == kFp4 ? 126 : FMT == kFp8 ? 120 : 0;
 };
 
 template <typename T>
@@ -199,35 +201,13 @@ __device__ __forceinline__ void dequant_int8(const uint4& w, float zero, float s
   }
 }
 
-// Scale a pair of decoded bf16 bit patterns whose exponent is short of its true value by `fix` (a power of 2):
-// one multiply by scale*fix when that is a finite bf16, else two (exact power-of-2 step first).
-struct FpScale {
-  uint32_t one;    // bf16x2 of scale*fix, when finite
-  uint32_t fix;    // bf16x2 of fix
-  uint32_t scale;  // bf16x2 of scale
-  bool single;
-};
-
-__device__ __forceinline__ FpScale make_fp_scale(float scale, float fix) {
-  FpScale s;
-  const float combined = scale * fix;
-  s.single = combined <= 3.0e38f;  // bf16 max is 3.39e38; NaN also takes the two-step path
-  s.one = splat2<__nv_bfloat16>(__float2bfloat16_rn(combined));
-  s.fix = splat2<__nv_bfloat16>(__float2bfloat16_rn(fix));
-  s.scale = splat2<__nv_bfloat16>(__float2bfloat16_rn(scale));
-  return s;
-}
-
-__device__ __forceinline__ uint32_t apply_fp_scale(uint32_t v, const FpScale& s) {
-  return s.single ? mul2<__nv_bfloat16>(v, s.one)
-                  : mul2<__nv_bfloat16>(mul2<__nv_bfloat16>(v, s.fix), s.scale);
-}
-
 // fp4 e2m1 -> bf16 bits: sign to bit 15, the 3 magnitude bits (e1 e0 m) to bits 8..6, giving the value
-// times 2^-126 (e2m1's exponent bias is 1, bf16's 127; e=0 lands on bf16 subnormals, which are exact).
-// SPC scales per chunk: word j uses scale j / (4 / SPC).
+// times 2^-126 (e2m1's exponent bias is 1, bf16's 127; e=0 lands on bf16 subnormals, which are exact). One multiply
+// by the block's multiplier (decode_scale: the block scale times 2^126 over the kernel's power-of-two post factor,
+// a finite bf16 by construction) gives the weight; the product is exact. SPC multipliers per chunk: word j uses
+// multiplier j / (4 / SPC).
 template <int SPC>
-__device__ __forceinline__ void dequant_fp4(const uint4& w, const FpScale (&s)[SPC], uint32_t (&p)[16]) {
+__device__ __forceinline__ void dequant_fp4(const uint4& w, const uint32_t (&mult)[SPC], uint32_t (&p)[16]) {
   const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
@@ -235,13 +215,14 @@ __device__ __forceinline__ void dequant_fp4(const uint4& w, const FpScale (&s)[S
     for (int q = 0; q < 4; ++q) {
       const uint32_t a = words[j] >> (4 * q);
       const uint32_t v = ((a << 6) & 0x01C001C0u) | ((a << 12) & 0x80008000u);
-      p[4 * j + q] = apply_fp_scale(v, s[j / (4 / SPC)]);
+      p[4 * j + q] = mul2<__nv_bfloat16>(v, mult[j / (4 / SPC)]);
     }
   }
 }
 
-// fp8 e4m3 -> bf16 bits: sign to bit 15, exponent+mantissa (7 bits) to bits 10..4: the value times 2^-120.
-__device__ __forceinline__ void dequant_fp8(const uint4& w, const FpScale& s, uint32_t (&p)[8]) {
+// fp8 e4m3 -> bf16 bits: sign to bit 15, exponent+mantissa (7 bits) to bits 10..4: the value times 2^-120; then
+// times the block's multiplier as for e2m1.
+__device__ __forceinline__ void dequant_fp8(const uint4& w, uint32_t mult, uint32_t (&p)[8]) {
   const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
@@ -249,7 +230,7 @@ __device__ __forceinline__ void dequant_fp8(const uint4& w, const FpScale& s, ui
     for (int q = 0; q < 2; ++q) {
       const uint32_t y = prmt(words[j], 0u, q ? 0x4342u : 0x4140u);  // bytes (2q, 2q+1) at bits 0 and 16
       const uint32_t v = ((y << 4) & 0x07F007F0u) | ((y << 8) & 0x80008000u);
-      p[2 * j + q] = apply_fp_scale(v, s);
+      p[2 * j + q] = mul2<__nv_bfloat16>(v, mult);
     }
   }
 }
@@ -262,7 +243,7 @@ __device__ __forceinline__ float int4_zero(uint32_t zero_code) {
 
 // One lane's 16-byte chunk of codes -> its packed pairs, by format: integers minus their zero point (int4 without SUB:
 // base + code, see dequant_int4), times the decoded scale s[0] when SCALE; e2m1 / e4m3 always times their block
-// scales. The GEMV, the GEMM and the wgmma GEMM differ only in SUB and SCALE.
+// multipliers s[i] (decode_scale). The GEMV, the GEMM and the wgmma GEMM differ only in SUB and SCALE.
 template <typename T, int FMT, int SPC, bool HAS_ZP, bool SUB, bool SCALE>
 __device__ __forceinline__ void dequant_chunk(const uint4& w, const float (&s)[SPC], uint32_t zero_code,
                                               uint32_t (&p)[FormatTraits<FMT>::kValuesPerChunk / 2]) {
@@ -272,12 +253,12 @@ __device__ __forceinline__ void dequant_chunk(const uint4& w, const float (&s)[S
   } else if constexpr (FMT == kInt8) {
     dequant_int8<T, SCALE>(w, HAS_ZP ? float(zero_code) : 128.f, s[0], p);
   } else if constexpr (FMT == kFp4) {
-    FpScale fs[SPC];
+    uint32_t mult[SPC];
 #pragma unroll
-    for (int i = 0; i < SPC; ++i) fs[i] = make_fp_scale(s[i], 8.507059173023462e37f /* 2^126 */);
-    dequant_fp4<SPC>(w, fs, p);
+    for (int i = 0; i < SPC; ++i) mult[i] = splat2<__nv_bfloat16>(__float2bfloat16_rn(s[i]));  // exact
+    dequant_fp4<SPC>(w, mult, p);
   } else {
-    dequant_fp8(w, make_fp_scale(s[0], 1.329227995784916e36f /* 2^120 */), p);
+    dequant_fp8(w, splat2<__nv_bfloat16>(__float2bfloat16_rn(s[0])), p);
   }
 }
 
@@ -294,11 +275,6 @@ __device__ __forceinline__ float e4m3_to_float(uint32_t b) {
   return (b & 0x80) ? -v : v;
 }
 
-__device__ __forceinline__ float e8m0_to_float(uint32_t code) {
-  return code ? __uint_as_float(code << 23) : __uint_as_float(0x00400000u);  // 2^(code-127); 0 -> 2^-127
-}
-
-
 // One scale (or zero) code as stored: T bits for the int formats, one byte for e4m3 / e8m0.
 template <int SK>
 __device__ __forceinline__ uint32_t load_scale_code(const uint8_t* scales, size_t idx) {
@@ -309,15 +285,49 @@ __device__ __forceinline__ uint32_t load_scale_code(const uint8_t* scales, size_
   }
 }
 
-template <typename T, int SK>
-__device__ __forceinline__ float decode_scale(uint32_t code, float global) {
+// Float weights: the block multipliers the decoded pairs get are the block scales times 2^kDecodeShift divided by a
+// power of two P chosen so that every multiplier is a finite bf16, and the fp32 accumulators are multiplied by
+// `out` = P (times NVFP4's global factor alpha) once at the end. One bf16 multiply per pair, always exact:
+//   NVFP4 (e4m3 scales <= 448 < 2^9): P = 2^9, the multiplier e4m3 * 2^(shift - 9), out = alpha * 2^9;
+//   MX (e8m0 codes c): P = 2^p from the op's `alpha` (= 2^p, prepared as max(0, max c + shift - 254)), the
+//   multiplier 2^(c - 127 + shift - p) <= 2^127.
+// Integer formats: out = 1 (their scales are applied in the dequantization or on the accumulators).
+struct ScalePost {
+  float out;
+  int p;
+};
+
+constexpr int kE4m3ScaleShift = 9;  // 448, e4m3's largest value, is under 2^9
+
+template <int SK>
+__device__ __forceinline__ ScalePost scale_post(const float* alpha) {
+  if constexpr (SK == kScaleE4m3) {
+    return {__ldg(alpha) * float(1 << kE4m3ScaleShift), 0};
+  } else if constexpr (SK == kScaleE8m0) {
+    const float a = __ldg(alpha);
+    return {a, int((__float_as_uint(a) >> 23) & 0xFF) - 127};
+  } else {
+    return {1.f, 0};
+  }
+}
+
+// An e8m0 block multiplier 2^(e - 127) for a biased exponent e <= 254. Below 1 it is 0: it would multiply decoded
+// values under 2^-111 (e4m3 times 2^-120; e2m1 times 2^-126 under 2^-123) into products under 2^-238, which bf16 rounds
+// to zero anyway (its smallest subnormal is 2^-133); the subnormal branch cost registers (spills at 3 blocks per SM).
+__device__ __forceinline__ float pow2_biased(int e) { return e >= 1 ? __uint_as_float(uint32_t(e) << 23) : 0.f; }
+
+// A scale code as the value (int formats) or block multiplier (float formats, see ScalePost) it stands for; p from
+// scale_post.
+template <typename T, int SK, int FMT>
+__device__ __forceinline__ float decode_scale(uint32_t code, int p) {
+  constexpr int shift = FormatTraits<FMT>::kDecodeShift;
   if constexpr (SK == kScaleT) {
     const uint16_t bits = uint16_t(code);
     return to_float<T>(*reinterpret_cast<const T*>(&bits));
   } else if constexpr (SK == kScaleE4m3) {
-    return e4m3_to_float(code) * global;
+    return e4m3_to_float(code) * __uint_as_float(uint32_t(127 + shift - kE4m3ScaleShift) << 23);  // exact
   } else {
-    return e8m0_to_float(code);
+    return code == 0xFF ? __uint_as_float(0x7FC00000u) : pow2_biased(int(code) + shift - p);  // e8m0 NaN stays NaN
   }
 }
 

@@ -33,9 +33,8 @@ cudaError_t dispatch_int(const GemvArgs& a, cudaStream_t stream) {
 
 template <class L>
 cudaError_t dispatch_fp(const GemvArgs& a, cudaStream_t stream) {
-  if (!a.bf16 || a.zeros) return cudaErrorInvalidValue;
+  if (!a.bf16 || a.zeros || a.alpha == nullptr) return cudaErrorInvalidValue;
   if (a.fmt == kFp4 && a.group_size == 16) {  // NVFP4: two e4m3 scales per 32-value chunk, times alpha
-    if (a.alpha == nullptr) return cudaErrorInvalidValue;
     return L::template run<__nv_bfloat16, kFp4, 2, kScaleE4m3, false, false>(a, stream);
   }
   if (a.fmt == kFp4) return L::template run<__nv_bfloat16, kFp4, 1, kScaleE8m0, false, false>(a, stream);

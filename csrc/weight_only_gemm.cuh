@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
   const int split = blockIdx.y;
   const KRange kr = k_split_range(tiles_k, splits, split);
   const int first = kr.first, count = kr.count;
-  const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
+  const ScalePost sp = scale_post<SK>(alpha);
 
   int bands[NT];
 #pragma unroll
@@ -220,7 +220,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
           const uint4 wv = ws[t * 64 + 32 * r];
           float s[SPC];
 #pragma unroll
-          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK>(sb[d][t][r][i], global);
+          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK, FMT>(sb[d][t][r][i], sp.p);
           post[t][r] = s[0];
           dequant_chunk<T, FMT, SPC, HAS_ZP, true, !POST>(wv, s, zb[d][t][r], pa[t][r]);
         }
@@ -274,7 +274,8 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
           for (int h = 0; h < MH; ++h)
 #pragma unroll
             for (int r = 0; r < 4; ++r)
-              f(wb.valid[t], wb.band[t] * 16 + g + (r >= 2 ? 8 : 0), h * 8 + 2 * tig + (r & 1), acc[t][h][r]);
+              f(wb.valid[t], wb.band[t] * 16 + g + (r >= 2 ? 8 : 0), h * 8 + 2 * tig + (r & 1),
+                acc[t][h][r] * sp.out);
       },
       out, partial, arrivals, M, N, n_bands * 16, m0, split, splits);
 }

@@ -16,7 +16,7 @@
 //               LOP3 yields a pair of adjacent elements. int8 / fp8: 4 bytes per word, natural order.
 // Integers carry the +2^(bits-1) offset (compressed-tensors); zero points likewise (uint8 [N, G]).
 // Scales [N, G] (rows and groups padded like the weights): int formats in the activation dtype; NVFP4 e4m3
-// bytes (times alpha = 1/global scale); MX e8m0 bytes.
+// bytes (with alpha = 1/global scale); MX e8m0 bytes (with alpha = 2^p); see ScalePost.
 //
 // Scales are applied to the fp32 accumulators once per tile when a group spans whole tiles (int formats,
 // group >= KB: g128 and per-channel), else to the dequantized pairs (g32/g64, NVFP4 g16, MX g32); with bf16 and
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(256, MINB) weight_only_gemv_kernel(const T* __
   const int per_warp = (tiles_k + warps - 1) / warps;
   const int first = warp * per_warp;
   const int count = max(0, min(tiles_k, first + per_warp) - first);
-  const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
+  const ScalePost sp = scale_post<SK>(alpha);
   // this lane's chunk of row g in tile `first` of each band (row g+8 is 32 chunks further)
   const uint4* wrow[NT];
   BandScales<SK, SPC, VPC, HAS_ZP> bs[NT];
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(256, MINB) weight_only_gemv_kernel(const T* __
         for (int r = 0; r < 2; ++r) {
           float s[SPC];
 #pragma unroll
-          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK>(sv[t][r][i], global);
+          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK, FMT>(sv[t][r][i], sp.p);
           post[r] = s[0];
           if constexpr (FMT == kInt4) zq[r] = int4_zero<T, HAS_ZP>(zv[t][r]);
           dequant_chunk<T, FMT, SPC, HAS_ZP, !FOLD, !POST>(wv[t][r], s, zv[t][r], pa[r]);
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(256, MINB) weight_only_gemv_kernel(const T* __
   auto store = [&](int t, int h, int r, int l, float v) {
     const int n = (band0 + t) * 16 + (l >> 2) + (r >= 2 ? 8 : 0);
     const int m = h * 8 + (l & 3) * 2 + (r & 1);
-    if (m < M && n < N) out[(size_t)m * N + n] = from_float<T>(v);
+    if (m < M && n < N) out[(size_t)m * N + n] = from_float<T>(v * sp.out);  // float formats' post factor
   };
   constexpr int SLOTS = NT * MH * 4 * 32;
   if (warps > 1) {

@@ -17,7 +17,7 @@ struct GemvArgs {
   const void* w;         // tiles: [n_pad / 16, tiles_k, 1024 bytes]
   const void* scales;    // [n_pad, G]
   const uint8_t* zeros;  // [n_pad, G] or nullptr: symmetric
-  const float* alpha;    // NVFP4: 1 / weight_global_scale (device scalar); else nullptr
+  const float* alpha;    // float formats (device scalar): NVFP4 1 / weight_global_scale, MX 2^p (ScalePost); else nullptr
   void* out;             // [M, N]
   int M, N, K;           // real sizes
   int n_pad, tiles_k, G;

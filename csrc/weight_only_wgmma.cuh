@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
   const int split = blockIdx.y;
   const KRange kr = k_split_range(tiles_k, splits, split);
   const int first = kr.first, count = kr.count;
-  const float global = (SK == kScaleE4m3) ? __ldg(alpha) : 1.f;
+  const ScalePost sp = scale_post<SK>(alpha);
 
   int bands[2];  // one band of each m64 tile
 #pragma unroll
@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
           const uint4 wv = ws[t * 64 + 32 * r];
           float s[SPC];
 #pragma unroll
-          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK>(sb[d][t][r][i], global);
+          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK, FMT>(sb[d][t][r][i], sp.p);
           dequant_chunk<T, FMT, SPC, HAS_ZP, true, true>(wv, s, zb[d][t][r], pa[t][r]);
         }
       }
@@ -281,7 +281,8 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
       for (int i = 0; i < MT / 8; ++i)
 #pragma unroll
         for (int r = 0; r < 4; ++r)
-          f(wb.valid[t], wb.band[t] * 16 + g + (r >= 2 ? 8 : 0), 8 * i + 2 * tig + (r & 1), acc[t][4 * i + r]);
+          f(wb.valid[t], wb.band[t] * 16 + g + (r >= 2 ? 8 : 0), 8 * i + 2 * tig + (r & 1),
+            acc[t][4 * i + r] * sp.out);
   };
   if (splits > 1 && partial == nullptr) {  // a cluster launch (GemmPlan::cluster, launch_gemm_grid)
     cluster_store<T, MT, kWgmmaRows, THREADS>(each_output, reinterpret_cast<float*>(smem_ptr), out, M, N, m0,

@@ -15,6 +15,12 @@ Timing (CUDA): median of `triton.testing.do_bench` (which flushes L2 before each
 graph that calls the layer once per weight copy, the copies rotated so no call finds its weight in L2; the
 per-call time is the graph's time over the copies. CPU: `time.perf_counter` medians. Output: a table per
 layer, a summary, `bench.csv` and (with matplotlib) `bench.png` in --out.
+
+Bytes moved: what any kernel must read and write once per call -- the weight as stored in the checkpoint layout
+(packed values, scales, zero points; bf16 for F.linear), x and the output -- over the time, in TB/s and as a
+share of the device's copy bandwidth (a 1 GiB device-to-device copy, read + write, timed at the start of the run).
+That share is what a memory-bound (small-M) kernel is measured against; `--chosen-only` times just the registry's
+choice at each M (and bf16), for a quick look at what quantops would run.
 """
 
 from __future__ import annotations
@@ -60,10 +66,21 @@ class Result:
     compiled: bool = False
     rel_err_vs_bf16: float | None = None
     error: str = ""
+    bytes_moved: int = 0
+    copy_tbps: float | None = None  # the device's copy bandwidth measured in this run (None on the CPU)
 
     @property
     def ratio(self) -> float | None:
         return None if not self.us or not self.bf16_us else self.bf16_us / self.us
+
+    @property
+    def tbps(self) -> float | None:
+        """Bytes moved per microsecond, in TB/s."""
+        return None if not self.us or not self.bytes_moved else self.bytes_moved / self.us / 1e6
+
+    @property
+    def pct_copy_bw(self) -> float | None:
+        return None if self.tbps is None or not self.copy_tbps else 100 * self.tbps / self.copy_tbps
 
 
 @dataclass
@@ -77,6 +94,8 @@ class Options:
     rep_ms: float
     include_emulation: bool
     kernels: list[str] = field(default_factory=list)
+    chosen_only: bool = False
+    copy_tbps: float | None = None
 
 
 # -- what to run -------------------------------------------------------------------------------------
@@ -190,6 +209,19 @@ def _time_cuda(calls, use_graph: bool, opts: Options) -> tuple[float, bool]:
     return ms * 1e3 / len(calls), use_graph
 
 
+def copy_bandwidth(device: torch.device) -> float:
+    """TB/s of a 1 GiB device-to-device copy, counting the read and the write (the bandwidth a streaming kernel
+    can hope for; 4.2-4.3 TB/s on an H200)."""
+    import triton.testing
+
+    a = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    ms = triton.testing.do_bench(lambda: b.copy_(a), warmup=10, rep=50, return_mode="median")
+    a = b = None  # 2 GiB back to the allocator before the layers
+    torch.cuda.empty_cache()
+    return 2 * (1 << 30) / (ms * 1e-3) / 1e12
+
+
 def time_calls(calls, m: int, opts: Options) -> tuple[float, bool]:
     if opts.device.type == "cuda":
         return _time_cuda(calls, m <= opts.graph_max_m, opts)
@@ -232,7 +264,13 @@ def bench_layer(scheme, preset: str, layer: str, n: int, k: int, ms: list[int], 
     if needs_amax and scheme.act == "int8" and not scheme.act_symmetric:
         amax = (x_all.float().amin().reshape(1), x_all.float().amax().reshape(1))
     canonical = quantize_weight(w, scheme, input_amax=amax)
-    copies = _n_copies(sum(t.numel() * t.element_size() for t in canonical.values()), opts)
+    stored_bytes = sum(t.numel() * t.element_size() for t in canonical.values())
+    copies = _n_copies(stored_bytes, opts)
+    act_bytes = torch.tensor([], dtype=dtype).element_size()
+
+    def moved(m: int, weight_bytes: int) -> int:  # weight as stored, x and the output, once each
+        return weight_bytes + m * k * act_bytes + m * n * act_bytes
+
     bf16_w = [w.clone() for _ in range(max(2, min(8, math.ceil(L2_FLUSH_BYTES / (w.numel() * w.element_size())))))]
     if dev.type != "cuda":
         bf16_w = bf16_w[:1]
@@ -250,26 +288,32 @@ def bench_layer(scheme, preset: str, layer: str, n: int, k: int, ms: list[int], 
         us, graphed = time_calls(calls, m, opts)
         bf16_us[m] = us
         ref_out[m] = torch.nn.functional.linear(x_all[:m], w).float()
-        results.append(Result(scheme.key(), preset, layer, n, k, m, "bf16 F.linear", "cublas", us, us, graph=graphed))
+        results.append(Result(scheme.key(), preset, layer, n, k, m, "bf16 F.linear", "cublas", us, us, graph=graphed,
+                              bytes_moved=moved(m, n * k * act_bytes), copy_tbps=opts.copy_tbps))
 
     from .kernels.base import LinearConfig
 
     config = LinearConfig(scheme, n, k, dtype)
+    chosen = {m: chosen_kernel(scheme, n, k, m, opts) for m in ms}
     for cls, name, why in kernels:
         if cls is None:
+            continue
+        kernel_ms = [m for m in ms if chosen[m] == name] if opts.chosen_only else ms
+        if not kernel_ms:
             continue
         try:
             kernel = cls(config)
             prepared = [kernel.prepare({kk: v.clone() for kk, v in canonical.items()}) for _ in range(copies)]
             fn = _compiled(kernel, opts)
         except Exception as e:  # a kernel that cannot even prepare is reported, not fatal
-            for m in ms:
+            for m in kernel_ms:
                 results.append(Result(scheme.key(), preset, layer, n, k, m, name, cls.backend, error=_err(e)))
             log(f"    {name}: prepare failed: {_err(e)}")
             continue
-        for m in ms:
+        for m in kernel_ms:
             r = Result(scheme.key(), preset, layer, n, k, m, name, cls.backend, bf16_us=bf16_us[m],
-                       chosen=chosen_kernel(scheme, n, k, m, opts) == name, compiled=opts.compile)
+                       chosen=chosen[m] == name, compiled=opts.compile, bytes_moved=moved(m, stored_bytes),
+                       copy_tbps=opts.copy_tbps)
             try:
                 xs = [x_all[:m].clone() for _ in range(copies)]
                 if opts.compile:
@@ -331,25 +375,36 @@ def summary(results: list[Result], ms: list[int]) -> str:
             continue
         width = max(len(n) for n in names) + 2
         lines.append(f"  {scheme}")
-        lines.append("    " + "kernel".ljust(width) + "".join(f"M={m}".rjust(10) for m in ms))
-        for name in names + ["(chosen)"]:
+        lines.append("    " + "kernel".ljust(max(width, 23)) + "".join(f"M={m}".rjust(10) for m in ms))
+        rows = [(name, lambda r, name=name: r.kernel == name, "ratio", "x") for name in names]
+        rows.append(("(chosen)", lambda r: r.chosen, "ratio", "x"))
+        if any(r.pct_copy_bw for r in rs):
+            rows.append(("(chosen) % of copy bw", lambda r: r.chosen, "pct_copy_bw", "%"))
+        for label, pick, attr, unit in rows:
             cells = []
             for m in ms:
-                sel = [r for r in rs if r.m == m and (r.chosen if name == "(chosen)" else r.kernel == name)]
-                ok = [r.ratio for r in sel if r.ratio]
-                cells.append((f"{math.exp(sum(map(math.log, ok)) / len(ok)):.2f}x" if ok and len(ok) == len(sel) else "-").rjust(10))
-            lines.append("    " + name.ljust(width) + "".join(cells))
+                sel = [r for r in rs if r.m == m and pick(r)]
+                ok = [getattr(r, attr) for r in sel if getattr(r, attr)]
+                cells.append((f"{_geomean(ok):.2f}{unit}" if ok and len(ok) == len(sel) else "-").rjust(10))
+            lines.append("    " + label.ljust(max(width, 23)) + "".join(cells))
+    copy = next((r.copy_tbps for r in results if r.copy_tbps), None)
+    if copy:
+        lines.append(f"  copy bandwidth {copy:.2f} TB/s (read + write); bytes moved = weight as stored + x + output")
     return "\n".join(lines)
+
+
+def _geomean(values) -> float:
+    return math.exp(sum(map(math.log, values)) / len(values))
 
 
 def write_csv(results: list[Result], path: str):
     cols = ["scheme", "preset", "layer", "n", "k", "m", "kernel", "backend", "us", "bf16_us", "ratio", "chosen",
-            "graph", "compiled", "rel_err_vs_bf16", "error"]
+            "graph", "compiled", "rel_err_vs_bf16", "bytes_moved", "tbps", "pct_copy_bw", "error"]
     with open(path, "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(cols)
         for r in results:
-            wr.writerow([getattr(r, c) if c != "ratio" else r.ratio for c in cols])
+            wr.writerow([getattr(r, c) for c in cols])
 
 
 def write_dict_csv(rows: list[dict], path: str):
@@ -416,6 +471,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="start no new layer after this many seconds (the summary and plot are still written)")
+    p.add_argument("--chosen-only", action="store_true",
+                   help="time only the registry's choice at each M (and bf16), not every candidate")
 
 
 def parse_args(argv):
@@ -460,6 +517,7 @@ def run(args) -> int:
         rep_ms=args.rep_ms if args.rep_ms is not None else (20 if args.quick else 40),
         include_emulation=args.include_emulation or device.type == "cpu",
         kernels=[s.strip() for s in args.kernels.split(",")] if args.kernels else [],
+        chosen_only=args.chosen_only,
     )
     shapes = _shapes(args.shapes or ",".join(quick_shapes if args.quick or plat == "cpu" else DEFAULT_SHAPES))
     ms = [int(v) for v in args.m.split(",")] if args.m else (quick_m if args.quick or plat == "cpu" else DEFAULT_M)
@@ -472,8 +530,11 @@ def run(args) -> int:
         fx_config.backed_size_oblivious = True  # one graph for every M, M = 1 included
     os.makedirs(args.out, exist_ok=True)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    if device.type == "cuda":
+        opts.copy_tbps = copy_bandwidth(device)
     print(f"quantops bench on {where} (torch {torch.__version__}); schemes {', '.join(s.key() for s in schemes)}; "
-          f"{len(shapes)} layers x M {ms}; {'compiled' if opts.compile else 'eager'}", flush=True)
+          f"{len(shapes)} layers x M {ms}; {'compiled' if opts.compile else 'eager'}"
+          + (f"; copy bandwidth {opts.copy_tbps:.2f} TB/s" if opts.copy_tbps else ""), flush=True)
 
     results: list[Result] = []
     total, step, started = len(schemes) * len(shapes), 0, time.time()

@@ -149,6 +149,39 @@ def test_cuda_gemv_split_choices():
     assert not failures, "\n".join(failures)
 
 
+def test_cuda_float_weights_extreme_scales():
+    """NVFP4A16 / MXFP4A16 / MXFP8A16 on every path of the CUDA op with block scales far from 1: rows of weights from
+    std 1e-4 to 1e5 in one layer, so MX needs the post factor (alpha = 2^p > 1, block scales past 2 / 128) while its
+    small blocks stay representable, and NVFP4's global scale is far from 1. Tolerance 1e-2 as above, on outputs
+    divided by their weight row's std (every row counts)."""
+    from quantops.kernels import cuda_ext
+    from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
+
+    paths = (0, 1, 2) if torch.cuda.get_device_capability() == (9, 0) else (0, 1)
+    n, k = 264, 1024
+    row_std = torch.logspace(-4, 5, n, device=DEV)[torch.randperm(n, device=DEV)].unsqueeze(1)
+    failures = []
+    for name in ("NVFP4A16", "MXFP4A16", "MXFP8A16"):
+        scheme = get_scheme(name)
+        tensors = quantize_weight(torch.randn(n, k, device=DEV) * row_std, scheme)
+        kernel = WeightOnlyGemvCudaKernel(LinearConfig(scheme, n, k, BF16))
+        p = kernel.prepare(tensors)
+        if name != "NVFP4A16":
+            assert p["alpha"].item() > 1, f"{name}: these scales should need the post factor"
+        for m, path in itertools.product((1, 16, 64), paths):
+            x = torch.randn(m, k, device=DEV, dtype=BF16)
+            ref = reference(scheme, tensors, n, k, x, None, BF16)
+            out = cuda_ext.extension.weight_only_gemv(
+                x, p["qweight"], p["scales"], None, p["alpha"], kernel.fmt, kernel.group_size, n, k,
+                cuda_ext.stream_handle(x), 0, path,
+            )
+            # each output column divided by its weight row's std, so that the small rows count as much as the large
+            err = rel_err(out.float() / row_std.T, ref.float() / row_std.T)
+            if err > 1e-2:
+                failures.append(f"{name} M={m} path={path}: {err:.2e}")
+    assert not failures, "\n".join(failures)
+
+
 def test_triton_gemm_matches_emulation():
     # one M per tile configuration (<=16, <=64, >128): each is a separate Triton compile
     failures = check_kernel(

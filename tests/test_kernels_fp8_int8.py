@@ -428,3 +428,26 @@ def test_bench_quick_cpu(tmp_path, capsys):
     assert all(float(r[8]) > 0 for r in rows if not r[-1]), "every timed row has a time"
     out = capsys.readouterr().out
     assert "summary" in out and ("wrote" in out or "matplotlib" in out)
+
+
+def test_bench_chosen_only_and_bytes_cpu(tmp_path):
+    """--chosen-only times bf16 and the registry's choice only; bytes moved = weight as stored + x + output."""
+    import csv
+
+    from quantops import bench, get_scheme, quantize_weight
+
+    rc = bench.main(["--quick", "--schemes", "W4A16", "--chosen-only", "--rep-ms", "1", "--out", str(tmp_path),
+                     "--device", "cpu"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "bench.csv")))
+    assert rows and all(r["kernel"] == "bf16 F.linear" or r["chosen"] == "True" for r in rows)
+    assert {r["m"] for r in rows if r["kernel"] != "bf16 F.linear"} == {"1", "16"}  # a choice at every M
+    w = torch.randn(256, 512, dtype=torch.bfloat16)  # the bench quantizes bf16 weights (bf16 scales)
+    stored = sum(t.numel() * t.element_size() for t in quantize_weight(w, get_scheme("W4A16")).values())
+    for r in rows:
+        n, k, m = int(r["n"]), int(r["k"]), int(r["m"])
+        weight = n * k * 2 if r["kernel"] == "bf16 F.linear" else stored if (n, k) == (256, 512) else None
+        if weight is not None:
+            assert int(r["bytes_moved"]) == weight + 2 * m * (n + k), r
+        assert float(r["tbps"]) == pytest.approx(int(r["bytes_moved"]) / float(r["us"]) / 1e6)
+        assert r["pct_copy_bw"] == ""  # no copy bandwidth on the CPU

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from quantops.formats import dequantize_weight, quantize_weight
-from quantops.formats.elements import decode_e8m0, decode_fp4
+from quantops.formats.elements import decode_fp4
 from quantops.kernels.base import LinearConfig
 from quantops.kernels.emulation import EmulationKernel
 from quantops.kernels.registry import select_kernel
@@ -57,9 +57,9 @@ IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in SCHEME
 WEIGHT_ONLY_TWIN = {"NVFP4": "NVFP4A16", "MXFP4": "MXFP4A16", "MXFP8": "MXFP8A16"}
 
 
-def make_layer(name, kw, n, k, device="cpu"):
+def make_layer(name, kw, n, k, device="cpu", std=0.1):
     scheme = get_scheme(name, **kw)
-    w = torch.randn(n, k) * 0.1
+    w = torch.randn(n, k) * std
     tensors = quantize_weight(w, scheme, input_amax=torch.tensor(3.0))
     return scheme, {key: t.to(device) for key, t in tensors.items()}
 
@@ -207,26 +207,39 @@ def decode_gemv_layout(prepared, scheme, n, k):
     codes = codes.reshape(n, -1)[:, :k]
     gs = group_size(scheme, k)
     scales = prepared["scales"][:n]
-    if fmt in (FMT_FP4, FMT_FP8):  # stored block scales: e4m3 times alpha (NVFP4) or e8m0
-        if "alpha" in prepared:
-            scales = scales.view(torch.float8_e4m3fn).float() * prepared["alpha"]
-        else:
-            scales = decode_e8m0(scales)
+    if fmt in (FMT_FP4, FMT_FP8):
+        # the kernels' arithmetic (ScalePost, csrc/weight_only_decode.cuh): codes placed in bf16 bits read as the value
+        # times 2^-shift, one bf16 multiply by the block multiplier -- which must be a finite bf16 and give an exact
+        # product -- and the fp32 sum times `out` at the end
+        shift = 126 if fmt == FMT_FP4 else 120
+        alpha = prepared["alpha"].double()
+        if scheme.weight == "nvfp4":  # e4m3 block scales, alpha = 1 / global scale
+            mult = scales.view(torch.float8_e4m3fn).double() * 2.0 ** (shift - 9)
+            out = alpha * 2.0**9
+        else:  # e8m0 codes, alpha = 2^p
+            p = torch.log2(alpha)
+            assert p == p.round() and p >= 0
+            mult = torch.exp2(scales.double() - 127 + shift - p)
+            out = alpha
+        assert torch.equal(mult.to(torch.bfloat16).double(), mult), "a block multiplier is not a finite bf16"
+        mult = mult.repeat_interleave(gs, dim=1)[:, :k]
+        codes = codes.to(torch.uint8)
+        value = decode_fp4(codes) if fmt == FMT_FP4 else codes.view(torch.float8_e4m3fn).float()
+        prod = value.double() * 2.0**-shift * mult
+        assert torch.equal(prod.to(torch.bfloat16).double(), prod), "a dequantized weight is not exact in bf16"
+        return (prod * out).float()
     scales = scales.float().repeat_interleave(gs, dim=1)[:, :k]
-    if fmt == FMT_FP4:
-        return decode_fp4(codes.to(torch.uint8)) * scales
-    if fmt == FMT_FP8:
-        return codes.to(torch.uint8).view(torch.float8_e4m3fn).float() * scales
     zero = prepared["zeros"][:n].float().repeat_interleave(gs, dim=1)[:, :k] if "zeros" in prepared else 1 << (bits - 1)
     return (codes.float() - zero) * scales
 
 
 @pytest.mark.parametrize("name,kw", SCHEMES, ids=IDS)
 @pytest.mark.parametrize("n,k", [(24, 128), (37, 96)])  # rows and columns padded to whole tiles
-def test_cuda_gemv_prepare_layout(name, kw, n, k):
+@pytest.mark.parametrize("std", [0.1, 1e5])  # 1e5: MX block scales past 2^7, where the kernels need p > 0
+def test_cuda_gemv_prepare_layout(name, kw, n, k, std):
     from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 
-    scheme, tensors = make_layer(name, kw, n, k)
+    scheme, tensors = make_layer(name, kw, n, k, std=std)
     dtype = torch.bfloat16
     kernel = WeightOnlyGemvCudaKernel(LinearConfig(scheme, n, k, dtype))
     before = {key: t.clone() for key, t in tensors.items()}
@@ -236,11 +249,27 @@ def test_cuda_gemv_prepare_layout(name, kw, n, k):
     ref = dequantize_weight({key: t for key, t in tensors.items() if key != "input_global_scale"}, scheme, shape=(n, k))
     if "perm" in prepared:  # act-order: columns grouped, x gathered by perm in the op
         ref = ref[:, prepared["perm"]]
-    assert torch.allclose(w, ref, rtol=1e-2, atol=1e-6)
+    # float formats: the checkpoint's weights exactly; ints: their scales rounded to the activation dtype
+    exact = element_format(scheme) in (FMT_FP4, FMT_FP8)
+    assert torch.allclose(w, ref, rtol=1e-6 if exact else 1e-2, atol=0 if exact else 1e-6)
+    if scheme.weight in ("mxfp4", "mxfp8"):  # the post factor is needed exactly when a multiplier would overflow
+        assert (prepared["alpha"] > 1).item() == (std > 1)
     assert prepared["qweight"].dtype == torch.int32 and prepared["qweight"].is_contiguous()
     bits = element_bits(element_format(scheme))
     assert prepared["qweight"].shape == (-(-n // 16) * 16, -(-k // (512 // bits)) * 16)
     assert prepared["scales"].shape[0] == prepared["qweight"].shape[0]
+
+
+def test_mx_post_factor():
+    from quantops.kernels.cuda_wna16 import mx_post_factor
+
+    codes = torch.tensor([[0, 100, 128], [255, 3, 127]], dtype=torch.uint8)  # 255 (NaN) does not count
+    assert mx_post_factor(codes, FMT_FP4).item() == 1.0  # 2^(128 - 127 + 126) = 2^127 is still a finite bf16
+    assert mx_post_factor(codes, FMT_FP8).item() == 1.0
+    codes[0, 0] = 200
+    assert mx_post_factor(codes, FMT_FP4).item() == 2.0**72  # 200 + 126 - 254
+    assert mx_post_factor(codes, FMT_FP8).item() == 2.0**66  # 200 + 120 - 254
+    assert mx_post_factor(codes, FMT_FP4).dtype == torch.float32 and mx_post_factor(codes, FMT_FP4).shape == (1,)
 
 
 def test_interleave_nibbles_pairs_adjacent_elements():

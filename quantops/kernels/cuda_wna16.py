@@ -62,6 +62,17 @@ def tile_weights(words: torch.Tensor, bits: int, n_pad: int, k_pad: int) -> torc
     return tiles.permute(0, 3, 1, 2, 4, 5).contiguous().view(n_pad, k_pad * bits // 32)
 
 
+def mx_post_factor(codes: torch.Tensor, fmt: int) -> torch.Tensor:
+    """The op's `alpha` for MX weights: 2^p, fp32 [1]. The kernels decode e2m1 (e4m3) codes as bf16 bit patterns worth
+    the value times 2^-126 (2^-120) and multiply each by 2^(c - 127 + 126 - p) (e8m0 code c; 120 for e4m3), then the
+    result by 2^p: p = max(0, max c + 126 - 254) keeps that multiplier a finite bf16 for every block (p = 0 unless a
+    block scale exceeds 2 (e2m1) / 128 (e4m3)). NaN codes (255) are left out: they stay NaN. No host sync."""
+    shift = 126 if fmt == FMT_FP4 else 120
+    finite = codes.masked_fill(codes == 255, 0)
+    p = (finite.max().int() + (shift - 254)).clamp(min=0)
+    return torch.exp2(p.float()).reshape(1)
+
+
 @torch.library.custom_op("quantops::weight_only_gemv_cuda", mutates_args=())
 def weight_only_gemv_cuda(
     x: torch.Tensor,
@@ -133,6 +144,8 @@ class WeightOnlyGemvCudaKernel(WeightOnlyKernel):
             prepared["scales"] = tensors["weight_scale"].contiguous().view(torch.uint8)
             if self.scheme.weight == "nvfp4":
                 prepared["alpha"] = (1.0 / tensors["weight_global_scale"].float()).reshape(1).contiguous()
+            else:
+                prepared["alpha"] = mx_post_factor(prepared["scales"], self.fmt)
         n_pad, k_pad = round_up(cfg.n, TILE_N), round_up(cfg.k, tile_k(bits))
         prepared["qweight"] = tile_weights(prepared["qweight"], bits, n_pad, k_pad)
         groups = 1 if prepared["scales"].shape[1] == 1 else -(-k_pad // self.group_size)
