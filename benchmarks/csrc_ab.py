@@ -2,7 +2,7 @@
 built in one process and timed on the same prepared weights, alternating, against bf16 F.linear.
 
     git archive HEAD csrc | tar -x -C /tmp/base            # the tree to compare with
-    python benchmarks/csrc_ab.py --base /tmp/base/csrc [--schemes NVFP4A16,...] [--m 1,16,64] [--out DIR]
+    python benchmarks/csrc_ab.py --base /tmp/base/csrc [--schemes NVFP4A16,...] [--m 1,16,64] [--producer] [--out DIR]
 
 Protocol as `quantops bench`: CUDA graphs over weight copies rotated so that no call finds its weight in L2, median
 of triton.testing.do_bench; the launcher's own path and K split (the op's default). Each case is timed base, new,
@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="square-8192,llama3-8b", help="presets of quantops bench")
     p.add_argument("--m", default="1,16,32,64,128")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
+    p.add_argument("--producer", action="store_true",
+                   help="each call after a kernel that writes its x (x *= 1, as a norm before a layer would)")
     args = p.parse_args(argv)
     base, new = build_base(args.base), cuda_ext.extension
     shapes = [(layer, n, k) for preset in args.shapes.split(",") for layer, n, k in SHAPE_PRESETS[preset]]
@@ -81,14 +83,19 @@ def main(argv=None) -> int:
             for m in (int(v) for v in args.m.split(",")):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
+                def call(ext, pp):
+                    if args.producer:
+                        x.mul_(1.0)
+                    return ext.weight_only_gemv(x, pp["qweight"], pp["scales"], pp.get("zeros"), pp.get("alpha"),
+                                                kernel.fmt, kernel.group_size, n, k, cuda_ext.stream_handle(x), 0, -1)
+
                 def calls(ext):
-                    return [lambda pp=pp: ext.weight_only_gemv(
-                        x, pp["qweight"], pp["scales"], pp.get("zeros"), pp.get("alpha"), kernel.fmt, kernel.group_size,
-                        n, k, cuda_ext.stream_handle(x), 0, -1) for pp in preps]
+                    return [lambda pp=pp: call(ext, pp) for pp in preps]
 
                 out_base, out_new = calls(base)[0](), calls(new)[0]()
                 diff = float((out_base.float() - out_new.float()).norm() / out_base.float().norm().clamp(min=1e-12))
-                bf16_us = graph_time([lambda wc=wc: torch.nn.functional.linear(x, wc) for wc in bf_copies])
+                bf16_us = graph_time([lambda wc=wc: (x.mul_(1.0) if args.producer else x,
+                                                     torch.nn.functional.linear(x, wc)) for wc in bf_copies])
                 t = {"base": [], "new": []}
                 for _ in range(2):
                     for key, ext in (("base", base), ("new", new)):
@@ -101,9 +108,9 @@ def main(argv=None) -> int:
                 print(f"{name:9s} {layer:8s} {n:5d}x{k:<5d} M={m:<4d} bf16 {bf16_us:7.1f}us  base {b:7.1f}us "
                       f"({r['base_ratio']:.2f}x)  new {nw:7.1f}us ({r['new_ratio']:.2f}x)  {r['speedup']:.3f}x  "
                       f"diff {diff:.1e}", flush=True)
-            del preps, bf_copies
+            preps = bf_copies = None  # the copies back to the allocator
             torch.cuda.empty_cache()
-    path = os.path.join(args.out, "csrc_ab.csv")
+    path = os.path.join(args.out, "csrc_ab_producer.csv" if args.producer else "csrc_ab.csv")
     write_dict_csv(rows, path)
     print("wrote", path)
     return 0

@@ -244,8 +244,8 @@ __device__ __forceinline__ float int4_zero(uint32_t zero_code) {
 // One lane's 16-byte chunk of codes -> its packed pairs, by format: integers minus their zero point (int4 without SUB:
 // base + code, see dequant_int4), times the decoded scale s[0] when SCALE; e2m1 / e4m3 always times their block
 // multipliers s[i] (decode_scale). The GEMV, the GEMM and the wgmma GEMM differ only in SUB and SCALE.
-template <typename T, int FMT, int SPC, bool HAS_ZP, bool SUB, bool SCALE>
-__device__ __forceinline__ void dequant_chunk(const uint4& w, const float (&s)[SPC], uint32_t zero_code,
+template <typename T, int FMT, int SPC, bool HAS_ZP, bool SUB, bool SCALE, typename S>
+__device__ __forceinline__ void dequant_chunk(const uint4& w, const S (&s)[SPC], uint32_t zero_code,
                                               uint32_t (&p)[FormatTraits<FMT>::kValuesPerChunk / 2]) {
   if constexpr (FMT == kInt4) {
     const uint32_t zero2 = splat2<T>(from_float<T>(int4_zero<T, HAS_ZP>(zero_code)));
@@ -253,12 +253,9 @@ __device__ __forceinline__ void dequant_chunk(const uint4& w, const float (&s)[S
   } else if constexpr (FMT == kInt8) {
     dequant_int8<T, SCALE>(w, HAS_ZP ? float(zero_code) : 128.f, s[0], p);
   } else if constexpr (FMT == kFp4) {
-    uint32_t mult[SPC];
-#pragma unroll
-    for (int i = 0; i < SPC; ++i) mult[i] = splat2<__nv_bfloat16>(__float2bfloat16_rn(s[i]));  // exact
-    dequant_fp4<SPC>(w, mult, p);
+    dequant_fp4<SPC>(w, s, p);
   } else {
-    dequant_fp8(w, splat2<__nv_bfloat16>(__float2bfloat16_rn(s[0])), p);
+    dequant_fp8(w, s[0], p);
   }
 }
 
@@ -268,12 +265,6 @@ __device__ __forceinline__ void dequant_chunk(const uint4& w, const float (&s)[S
 // (NVFP4), or e8m0 powers of two (MX).
 enum ScaleKind : int { kScaleT = 0, kScaleE4m3 = 1, kScaleE8m0 = 2 };
 
-
-__device__ __forceinline__ float e4m3_to_float(uint32_t b) {
-  const uint32_t e = (b >> 3) & 0xF, m = b & 7;
-  const float v = e ? __uint_as_float(((e + 120) << 23) | (m << 20)) : float(m) * 0.001953125f;
-  return (b & 0x80) ? -v : v;
-}
 
 // One scale (or zero) code as stored: T bits for the int formats, one byte for e4m3 / e8m0.
 template <int SK>
@@ -311,23 +302,51 @@ __device__ __forceinline__ ScalePost scale_post(const float* alpha) {
   }
 }
 
-// An e8m0 block multiplier 2^(e - 127) for a biased exponent e <= 254. Below 1 it is 0: it would multiply decoded
-// values under 2^-111 (e4m3 times 2^-120; e2m1 times 2^-126 under 2^-123) into products under 2^-238, which bf16 rounds
-// to zero anyway (its smallest subnormal is 2^-133); the subnormal branch cost registers (spills at 3 blocks per SM).
-__device__ __forceinline__ float pow2_biased(int e) { return e >= 1 ? __uint_as_float(uint32_t(e) << 23) : 0.f; }
+// What decode_scale gives: the scale's value (int formats, fp32) or the block multiplier as bf16x2 (float formats).
+template <int SK>
+using ScaleOf = typename std::conditional<SK == kScaleT, float, uint32_t>::type;
 
-// A scale code as the value (int formats) or block multiplier (float formats, see ScalePost) it stands for; p from
-// scale_post.
+// A scale code as the value (int formats) or the block multiplier, bf16 twice (float formats, see ScalePost), it stands
+// for; p from scale_post. Built from bits, exactly:
+//   e4m3: its 7 bits placed in a bf16 read as the value times 2^-120 (subnormal codes too), then two exact bf16
+//         multiplies by powers of two to the value times 2^(shift - 9);
+//   e8m0: 2^(c - 127 + shift - p) as bf16 bits. Below bf16's normal range it is 0: it would multiply decoded values
+//         under 2^-111 (e4m3 times 2^-120; e2m1 times 2^-126) into products under 2^-238, which bf16 rounds to zero
+//         anyway (its smallest subnormal is 2^-133). The NaN code stays NaN.
 template <typename T, int SK, int FMT>
-__device__ __forceinline__ float decode_scale(uint32_t code, int p) {
+__device__ __forceinline__ ScaleOf<SK> decode_scale(uint32_t code, int p) {
   constexpr int shift = FormatTraits<FMT>::kDecodeShift;
   if constexpr (SK == kScaleT) {
     const uint16_t bits = uint16_t(code);
     return to_float<T>(*reinterpret_cast<const T*>(&bits));
   } else if constexpr (SK == kScaleE4m3) {
-    return e4m3_to_float(code) * __uint_as_float(uint32_t(127 + shift - kE4m3ScaleShift) << 23);  // exact
+    const uint32_t v = ((code & 0x7Fu) << 4) | ((code & 0x80u) << 8);
+    constexpr uint32_t kUp = uint32_t(127 + 127) << 7;                                  // 2^127
+    constexpr uint32_t kRest = uint32_t(127 + shift - kE4m3ScaleShift + 120 - 127) << 7;  // 2^(shift - 9 + 120 - 127)
+    return mul2<__nv_bfloat16>(mul2<__nv_bfloat16>(v * 0x10001u, kUp * 0x10001u), kRest * 0x10001u);
   } else {
-    return code == 0xFF ? __uint_as_float(0x7FC00000u) : pow2_biased(int(code) + shift - p);  // e8m0 NaN stays NaN
+    const int e = int(code) + shift - p;
+    const uint32_t bits = code == 0xFF ? 0x7FC0u : e >= 1 ? uint32_t(e) << 7 : 0u;
+    return bits * 0x10001u;
+  }
+}
+
+// The SPC scales of one chunk, decoded (decode_scale) from the codes BandScales::load left: NVFP4's two e4m3 codes
+// arrive as one 16-bit load in codes[0] and are decoded side by side (one pair of multiplies for both).
+template <typename T, int SK, int FMT, int SPC>
+__device__ __forceinline__ void decode_scales(const uint32_t (&codes)[SPC], int p, ScaleOf<SK> (&s)[SPC]) {
+  if constexpr (SPC == 2 && SK == kScaleE4m3) {
+    constexpr int shift = FormatTraits<FMT>::kDecodeShift;
+    const uint32_t y = prmt(codes[0], 0u, 0x4140u);  // code 0 at bits 0..7, code 1 at bits 16..23
+    const uint32_t v = ((y << 4) & 0x07F007F0u) | ((y << 8) & 0x80008000u);
+    constexpr uint32_t kUp = uint32_t(127 + 127) << 7;
+    constexpr uint32_t kRest = uint32_t(127 + shift - kE4m3ScaleShift + 120 - 127) << 7;
+    const uint32_t both = mul2<__nv_bfloat16>(mul2<__nv_bfloat16>(v, kUp * 0x10001u), kRest * 0x10001u);
+    s[0] = prmt(both, 0u, 0x1010u);
+    s[1] = prmt(both, 0u, 0x3232u);
+  } else {
+#pragma unroll
+    for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK, FMT>(codes[i], p);
   }
 }
 
@@ -350,8 +369,14 @@ struct BandScales {
   __device__ __forceinline__ void load(int col, int group_shift, uint32_t (&sv)[2][SPC], uint32_t (&zv)[2]) const {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
+      if constexpr (SPC == 2 && SK == kScaleE4m3) {  // NVFP4: the chunk's two codes are adjacent bytes at an even
+        // index: one 16-bit load, split only when decoded (decode_scales), so that nothing waits for it here
+        sv[r][0] = __ldg(reinterpret_cast<const unsigned short*>(srow[r] + (col >> group_shift)));
+        sv[r][1] = 0u;
+      } else {
 #pragma unroll
-      for (int i = 0; i < SPC; ++i) sv[r][i] = load_scale_code<SK>(srow[r], (col + i * (VPC / SPC)) >> group_shift);
+        for (int i = 0; i < SPC; ++i) sv[r][i] = load_scale_code<SK>(srow[r], (col + i * (VPC / SPC)) >> group_shift);
+      }
       if constexpr (HAS_ZP) zv[r] = __ldg(zrow[r] + (col >> group_shift));
     }
   }

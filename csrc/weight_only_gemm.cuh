@@ -218,9 +218,8 @@ __global__ void __launch_bounds__(kGemmWarps * 32, MH <= 2 ? 2 : 1)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const uint4 wv = ws[t * 64 + 32 * r];
-          float s[SPC];
-#pragma unroll
-          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK, FMT>(sb[d][t][r][i], sp.p);
+          ScaleOf<SK> s[SPC];
+          decode_scales<T, SK, FMT, SPC>(sb[d][t][r], sp.p, s);
           post[t][r] = s[0];
           dequant_chunk<T, FMT, SPC, HAS_ZP, true, !POST>(wv, s, zb[d][t][r], pa[t][r]);
         }

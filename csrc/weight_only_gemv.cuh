@@ -173,9 +173,8 @@ __global__ void __launch_bounds__(256, MINB) weight_only_gemv_kernel(const T* __
         float post[2], zq[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          float s[SPC];
-#pragma unroll
-          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK, FMT>(sv[t][r][i], sp.p);
+          ScaleOf<SK> s[SPC];
+          decode_scales<T, SK, FMT, SPC>(sv[t][r], sp.p, s);
           post[r] = s[0];
           if constexpr (FMT == kInt4) zq[r] = int4_zero<T, HAS_ZP>(zv[t][r]);
           dequant_chunk<T, FMT, SPC, HAS_ZP, !FOLD, !POST>(wv[t][r], s, zv[t][r], pa[r]);

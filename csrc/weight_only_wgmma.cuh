@@ -249,9 +249,8 @@ __global__ void __launch_bounds__(kWgmmaWarps * 32, kWgmmaBlocksPerSm)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const uint4 wv = ws[t * 64 + 32 * r];
-          float s[SPC];
-#pragma unroll
-          for (int i = 0; i < SPC; ++i) s[i] = decode_scale<T, SK, FMT>(sb[d][t][r][i], sp.p);
+          ScaleOf<SK> s[SPC];
+          decode_scales<T, SK, FMT, SPC>(sb[d][t][r], sp.p, s);
           dequant_chunk<T, FMT, SPC, HAS_ZP, true, true>(wv, s, zb[d][t][r], pa[t][r]);
         }
       }
