@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 
 import torch
-import triton.testing
 
 from quantops import get_scheme, quantize_weight
-from quantops.bench import SHAPE_PRESETS, write_dict_csv
+from quantops.bench import SHAPE_PRESETS, graph_time, write_dict_csv
 from quantops.kernels import cuda_ext
 from quantops.kernels.base import LinearConfig
 from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
@@ -38,23 +37,6 @@ def build_base(csrc: Path):
     build_dir.mkdir(parents=True, exist_ok=True)
     return load(name=name, build_directory=str(build_dir), sources=[str(csrc / s) for s in cuda_ext.SOURCES],
                 extra_cflags=["-O3"], extra_cuda_cflags=list(cuda_ext.NVCC_FLAGS), extra_include_paths=[str(csrc)])
-
-
-def graph_time(calls) -> float:
-    for c in calls:
-        c()
-    torch.cuda.synchronize()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    return triton.testing.do_bench(g.replay, warmup=5, rep=20, return_mode="median") * 1e3 / len(calls)
 
 
 def main(argv=None) -> int:

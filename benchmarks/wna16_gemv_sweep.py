@@ -15,11 +15,10 @@ import math
 import os
 
 import torch
-import triton.testing
 
 from quantops import get_scheme, quantize_weight
 from quantops.kernels import cuda_ext
-from quantops.bench import write_dict_csv
+from quantops.bench import copy_bandwidth, graph_time, write_dict_csv
 from quantops.kernels.base import LinearConfig
 from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 
@@ -32,30 +31,6 @@ GEMV, GEMM, WGMMA = 0, 1, 2
 PATH_NAMES = {GEMV: "gemv", GEMM: "gemm", WGMMA: "wgmma"}
 PATHS = [int(p) for p in os.environ.get("SWEEP_PATHS", "0,1,2").split(",")]  # a subset, for a quicker run
 FLUSH = 256 << 20
-
-
-def graph_time(calls) -> float:
-    for c in calls:
-        c()
-    torch.cuda.synchronize()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    return triton.testing.do_bench(g.replay, warmup=5, rep=20, return_mode="median") * 1e3 / len(calls)
-
-
-def copy_bandwidth() -> float:
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    ms = triton.testing.do_bench(lambda: b.copy_(a), warmup=10, rep=50, return_mode="median")
-    return 2 * a.numel() / (ms * 1e-3) / 1e12  # TB/s, read + write
 
 
 def configs(name: str, n: int, k: int, m: int) -> list[tuple[int, int]]:
@@ -74,7 +49,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
-    bw = copy_bandwidth()
+    bw = copy_bandwidth(torch.device("cuda"))
     print(f"copy bandwidth: {bw:.2f} TB/s (read + write)")
     ext = cuda_ext.extension
     rows = []

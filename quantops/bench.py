@@ -178,35 +178,50 @@ def _time_cpu(calls, opts: Options) -> float:
     return statistics.median(samples) * 1e6
 
 
+def capture_graph(calls) -> "torch.cuda.CUDAGraph":
+    """One CUDA graph of the calls in order, after a warm-up on a side stream (allocator, lazy init)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for c in calls:
+            c()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for c in calls:
+            c()
+    return graph
+
+
+def graph_time(calls, warmup_ms: float = 5, rep_ms: float = 20) -> float:
+    """Microseconds per call: the calls captured in one CUDA graph, median of triton.testing.do_bench over its replays
+    (which flushes L2 before each). The benchmark scripts' protocol, the same as `quantops bench`'s."""
+    import triton.testing
+
+    for c in calls:  # compile, JIT, allocator warm-up
+        c()
+    torch.cuda.synchronize()
+    ms = triton.testing.do_bench(capture_graph(calls).replay, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+    return ms * 1e3 / len(calls)
+
+
 def _time_cuda(calls, use_graph: bool, opts: Options) -> tuple[float, bool]:
     import triton.testing
 
-    for c in calls:  # compile, JIT, autotune, allocator warm-up
-        c()
-    torch.cuda.synchronize()
-    run = None
     if use_graph:
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for c in calls:
-                    c()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for c in calls:
-                    c()
-            run = graph.replay
+            return graph_time(calls, opts.warmup_ms, opts.rep_ms), True
         except Exception:  # not capturable: time it eagerly and say so in the CSV
             torch.cuda.synchronize()
-            use_graph = False
-    if run is None:
-        def run():
-            for c in calls:
-                c()
+
+    def run():
+        for c in calls:
+            c()
+
+    run()  # compile, JIT, autotune, allocator warm-up
+    torch.cuda.synchronize()
     ms = triton.testing.do_bench(run, warmup=opts.warmup_ms, rep=opts.rep_ms, return_mode="median")
-    return ms * 1e3 / len(calls), use_graph
+    return ms * 1e3 / len(calls), False
 
 
 def copy_bandwidth(device: torch.device) -> float:
