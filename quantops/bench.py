@@ -342,7 +342,7 @@ def bench_layer(scheme, preset: str, layer: str, n: int, k: int, ms: list[int], 
             except Exception as e:
                 r.error = _err(e)
             results.append(r)
-        del prepared, fn
+        prepared = fn = None  # this kernel's weight copies back to the allocator
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return results
