@@ -29,16 +29,6 @@ from quantops.kernels.cuda_wna16 import WeightOnlyGemvCudaKernel
 FLUSH = 256 << 20
 
 
-def build_base(csrc: Path):
-    from torch.utils.cpp_extension import load
-
-    name = "quantops_cuda_base"
-    build_dir = Path(os.environ.get("TMPDIR", "/tmp")) / name
-    build_dir.mkdir(parents=True, exist_ok=True)
-    return load(name=name, build_directory=str(build_dir), sources=[str(csrc / s) for s in cuda_ext.SOURCES],
-                extra_cflags=["-O3"], extra_cuda_cflags=list(cuda_ext.NVCC_FLAGS), extra_include_paths=[str(csrc)])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True, type=Path, help="the csrc/ directory to compare with")
@@ -49,7 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--producer", action="store_true",
                    help="each call after a kernel that writes its x (x *= 1, as a norm before a layer would)")
     args = p.parse_args(argv)
-    base, new = build_base(args.base), cuda_ext.extension
+    base_dir = os.path.join(os.environ.get("TMPDIR", "/tmp"), "quantops_cuda_base")
+    base, new = cuda_ext.load_sources(args.base, "quantops_cuda_base", base_dir), cuda_ext.extension
     shapes = [(layer, n, k) for preset in args.shapes.split(",") for layer, n, k in SHAPE_PRESETS[preset]]
     rows = []
     for name in args.schemes.split(","):

@@ -220,8 +220,13 @@ __device__ __forceinline__ void dequant_fp4(const uint4& w, const uint32_t (&mul
   }
 }
 
-// fp8 e4m3 -> bf16 bits: sign to bit 15, exponent+mantissa (7 bits) to bits 10..4: the value times 2^-120; then
-// times the block's multiplier as for e2m1.
+// Two e4m3 bytes at bits 0 and 16 -> bf16x2 bits: sign to bit 15, exponent+mantissa (7 bits) to bits 10..4 of each
+// half: the values times 2^-120 (subnormal codes land on bf16 subnormals, exact).
+__device__ __forceinline__ uint32_t e4m3x2_bits(uint32_t y) {
+  return ((y << 4) & 0x07F007F0u) | ((y << 8) & 0x80008000u);
+}
+
+// fp8 e4m3 weights -> bf16 pairs (e4m3x2_bits), times the block's multiplier as for e2m1.
 __device__ __forceinline__ void dequant_fp8(const uint4& w, uint32_t mult, uint32_t (&p)[8]) {
   const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
@@ -229,8 +234,7 @@ __device__ __forceinline__ void dequant_fp8(const uint4& w, uint32_t mult, uint3
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       const uint32_t y = prmt(words[j], 0u, q ? 0x4342u : 0x4140u);  // bytes (2q, 2q+1) at bits 0 and 16
-      const uint32_t v = ((y << 4) & 0x07F007F0u) | ((y << 8) & 0x80008000u);
-      p[2 * j + q] = mul2<__nv_bfloat16>(v, mult);
+      p[2 * j + q] = mul2<__nv_bfloat16>(e4m3x2_bits(y), mult);
     }
   }
 }
@@ -306,41 +310,34 @@ __device__ __forceinline__ ScalePost scale_post(const float* alpha) {
 template <int SK>
 using ScaleOf = typename std::conditional<SK == kScaleT, float, uint32_t>::type;
 
-// A scale code as the value (int formats) or the block multiplier, bf16 twice (float formats, see ScalePost), it stands
-// for; p from scale_post. Built from bits, exactly:
-//   e4m3: its 7 bits placed in a bf16 read as the value times 2^-120 (subnormal codes too), then two exact bf16
-//         multiplies by powers of two to the value times 2^(shift - 9);
-//   e8m0: 2^(c - 127 + shift - p) as bf16 bits. Below bf16's normal range it is 0: it would multiply decoded values
-//         under 2^-111 (e4m3 times 2^-120; e2m1 times 2^-126) into products under 2^-238, which bf16 rounds to zero
-//         anyway (its smallest subnormal is 2^-133). The NaN code stays NaN.
+// A scale code as the value (int formats) or the block multiplier, bf16 twice (MX, see ScalePost), it stands for; p
+// from scale_post. The MX multiplier 2^(c - 127 + shift - p) is built as bf16 bits. Below bf16's normal range it is 0:
+// it would multiply decoded values under 2^-111 (e4m3 times 2^-120; e2m1 times 2^-126) into products under 2^-238,
+// which bf16 rounds to zero anyway (its smallest subnormal is 2^-133). The NaN code stays NaN. (e4m3 scales come in
+// pairs: decode_scales.)
 template <typename T, int SK, int FMT>
 __device__ __forceinline__ ScaleOf<SK> decode_scale(uint32_t code, int p) {
-  constexpr int shift = FormatTraits<FMT>::kDecodeShift;
+  static_assert(SK != kScaleE4m3, "e4m3 scales are decoded two at a time (decode_scales)");
   if constexpr (SK == kScaleT) {
     const uint16_t bits = uint16_t(code);
     return to_float<T>(*reinterpret_cast<const T*>(&bits));
-  } else if constexpr (SK == kScaleE4m3) {
-    const uint32_t v = ((code & 0x7Fu) << 4) | ((code & 0x80u) << 8);
-    constexpr uint32_t kUp = uint32_t(127 + 127) << 7;                                  // 2^127
-    constexpr uint32_t kRest = uint32_t(127 + shift - kE4m3ScaleShift + 120 - 127) << 7;  // 2^(shift - 9 + 120 - 127)
-    return mul2<__nv_bfloat16>(mul2<__nv_bfloat16>(v * 0x10001u, kUp * 0x10001u), kRest * 0x10001u);
   } else {
-    const int e = int(code) + shift - p;
+    const int e = int(code) + FormatTraits<FMT>::kDecodeShift - p;
     const uint32_t bits = code == 0xFF ? 0x7FC0u : e >= 1 ? uint32_t(e) << 7 : 0u;
     return bits * 0x10001u;
   }
 }
 
-// The SPC scales of one chunk, decoded (decode_scale) from the codes BandScales::load left: NVFP4's two e4m3 codes
-// arrive as one 16-bit load in codes[0] and are decoded side by side (one pair of multiplies for both).
+// The SPC scales of one chunk, decoded from the codes BandScales::load left. NVFP4's two e4m3 codes arrive as one
+// 16-bit load in codes[0] and are decoded side by side, exactly: placed in bf16 bits (the values times 2^-120, see
+// e4m3x2_bits), then two exact multiplies by powers of two to the values times 2^(shift - 9), each splatted.
 template <typename T, int SK, int FMT, int SPC>
 __device__ __forceinline__ void decode_scales(const uint32_t (&codes)[SPC], int p, ScaleOf<SK> (&s)[SPC]) {
-  if constexpr (SPC == 2 && SK == kScaleE4m3) {
-    constexpr int shift = FormatTraits<FMT>::kDecodeShift;
-    const uint32_t y = prmt(codes[0], 0u, 0x4140u);  // code 0 at bits 0..7, code 1 at bits 16..23
-    const uint32_t v = ((y << 4) & 0x07F007F0u) | ((y << 8) & 0x80008000u);
-    constexpr uint32_t kUp = uint32_t(127 + 127) << 7;
-    constexpr uint32_t kRest = uint32_t(127 + shift - kE4m3ScaleShift + 120 - 127) << 7;
+  if constexpr (SK == kScaleE4m3) {
+    static_assert(SPC == 2, "e4m3 block scales are NVFP4's: two per 32-value chunk");
+    constexpr uint32_t kUp = uint32_t(127 + 127) << 7;  // 2^127
+    constexpr uint32_t kRest = uint32_t(127 + FormatTraits<FMT>::kDecodeShift - kE4m3ScaleShift + 120 - 127) << 7;
+    const uint32_t v = e4m3x2_bits(prmt(codes[0], 0u, 0x4140u));  // code 0 at bits 0..7, code 1 at bits 16..23
     const uint32_t both = mul2<__nv_bfloat16>(mul2<__nv_bfloat16>(v, kUp * 0x10001u), kRest * 0x10001u);
     s[0] = prmt(both, 0u, 0x1010u);
     s[1] = prmt(both, 0u, 0x3232u);
@@ -369,7 +366,7 @@ struct BandScales {
   __device__ __forceinline__ void load(int col, int group_shift, uint32_t (&sv)[2][SPC], uint32_t (&zv)[2]) const {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      if constexpr (SPC == 2 && SK == kScaleE4m3) {  // NVFP4: the chunk's two codes are adjacent bytes at an even
+      if constexpr (SK == kScaleE4m3) {  // NVFP4 (SPC = 2): the chunk's two codes are adjacent bytes at an even
         // index: one 16-bit load, split only when decoded (decode_scales), so that nothing waits for it here
         sv[r][0] = __ldg(reinterpret_cast<const unsigned short*>(srow[r] + (col >> group_shift)));
         sv[r][1] = 0u;

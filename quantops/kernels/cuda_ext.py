@@ -67,26 +67,31 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
+def load_sources(csrc: Path, name: str, build_dir: str):
+    """Build (or load the cached build of) the extension from the csrc/ tree `csrc` as module `name`: this package's
+    sources and flags (benchmarks/csrc_ab.py builds another tree with it, to compare)."""
+    from torch.utils.cpp_extension import load
+
+    os.makedirs(build_dir, exist_ok=True)
+    return load(
+        name=name,
+        build_directory=build_dir,
+        sources=[str(csrc / s) for s in SOURCES],
+        extra_cflags=["-O3"],
+        extra_cuda_cflags=list(NVCC_FLAGS),
+        extra_include_paths=[str(csrc)],
+        verbose=os.environ.get("QUANTOPS_VERBOSE_BUILD", "0") not in ("", "0"),
+    )
+
+
 def _build():
     reason = unavailable_reason()
     if reason is not None:
         raise ImportError(f"not built: {reason}")
-    from torch.utils.cpp_extension import load
-
     name = f"quantops_cuda_{source_hash()}"
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
-    build_dir = os.path.join(root, name)
     try:
-        os.makedirs(build_dir, exist_ok=True)
-        return load(
-            name=name,
-            build_directory=build_dir,
-            sources=[str(CSRC / s) for s in SOURCES],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=list(NVCC_FLAGS),
-            extra_include_paths=[str(CSRC)],
-            verbose=os.environ.get("QUANTOPS_VERBOSE_BUILD", "0") not in ("", "0"),
-        )
+        return load_sources(CSRC, name, os.path.join(root, name))
     except Exception as e:  # compiler missing pieces, a compile error, an unwritable cache: all are reasons
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ImportError(f"not built: {type(e).__name__}: {first}") from e
